@@ -46,10 +46,16 @@ def set_seed(seed: int = 0) -> None:
 
 
 def get_device(verbose: bool = True):
-    """The best available device: CUDA, then Apple's MPS, then the CPU (said in one line)."""
+    """The best available device: CUDA, then Apple's MPS, then the CPU (said in one line).
+
+    ``COURSE_DEVICE=cpu`` (or ``cuda``, ``mps``) overrides the choice."""
     import torch
 
-    if torch.cuda.is_available():
+    forced = os.environ.get("COURSE_DEVICE")
+    if forced:
+        device = torch.device(forced)
+        what = "set by COURSE_DEVICE"
+    elif torch.cuda.is_available():
         device = torch.device("cuda")
         what = torch.cuda.get_device_name(0)
     elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -66,3 +66,9 @@ def test_atomic_write_leaves_nothing_half_written(tmp_path, monkeypatch):
         pass
     assert target.read_bytes() == b"first"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]
+
+
+def test_device_can_be_forced(monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_DEVICE", "cpu")
+    assert env.get_device().type == "cpu"
+    assert "set by COURSE_DEVICE" in capsys.readouterr().out
