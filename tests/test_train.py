@@ -1,0 +1,370 @@
+"""helpers.train and helpers.plots on tiny models: the loop learns, resumes bit for bit, stops safely, and its
+checkpoints round-trip and fail clearly."""
+
+import json
+import math
+import shutil
+
+import matplotlib
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors import safe_open
+from torch import nn
+
+from helpers.batches import RandomWindows, eval_batches
+from helpers.env import set_seed
+from helpers.train import (
+    CheckpointError,
+    History,
+    NonFiniteLossError,
+    TrainConfig,
+    Trainer,
+    decay_groups,
+    load_model_state,
+    lr_at,
+    read_config,
+    save_model,
+)
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from helpers.plots import LiveLossPlot, plot_history, plot_lr_schedule  # noqa: E402
+
+VOCAB = 11
+TOKENS = torch.arange(3000) % VOCAB  # the next token is always (t + 1) mod 11: learnable by a bigram model
+VAL = eval_batches(TOKENS[:400], block_size=8, batch_size=8, n_batches=2)
+
+
+class TinyLM(nn.Module):
+    """A bigram language model with the parts that matter here: tied embeddings, LayerNorm, biases, dropout."""
+
+    def __init__(self, vocab=VOCAB, dim=8, dropout=0.1):
+        super().__init__()
+        self.config = {"vocab": vocab, "dim": dim, "dropout": dropout}
+        self.wte = nn.Embedding(vocab, dim)
+        self.ln = nn.LayerNorm(dim)
+        self.mlp = nn.Linear(dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.lm_head = nn.Linear(dim, vocab)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, idx, targets=None, loss_scale=1.0):
+        logits = self.lm_head(self.drop(torch.relu(self.mlp(self.ln(self.wte(idx))))))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten()) * loss_scale
+        return logits, loss
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run much faster on one thread than on cores other jobs are busy with."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_trainer(seed=0, dropout=0.1, train_batches=None, val=VAL, **overrides):
+    set_seed(seed)
+    model = TinyLM(dropout=dropout)
+    settings = {"max_steps": 12, "lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 3, "eval_every": 3, **overrides}
+    batches = train_batches or RandomWindows(TOKENS, block_size=8, batch_size=4, seed=0)
+    return Trainer(model, TrainConfig(**settings), batches, val, progress=False)
+
+
+def params(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+# ---- schedule and parameter groups -------------------------------------------------------------------------
+
+
+def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
+    cfg = TrainConfig(max_steps=110, lr=1.0, min_lr=0.1, warmup_steps=10)
+    lrs = [lr_at(s, cfg) for s in range(130)]
+    assert lrs[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])
+    assert lrs[10] == pytest.approx(1.0)
+    assert lrs[60] == pytest.approx(0.55)  # halfway through the cosine: the mean of lr and min_lr
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
+    assert lrs[110] == lrs[129] == pytest.approx(0.1)
+    assert lr_at(0, TrainConfig(max_steps=5, lr=2.0, warmup_steps=0)) == pytest.approx(2.0)
+
+
+def test_config_rejects_bad_settings_clearly():
+    with pytest.raises(ValueError, match="warmup_steps must be between 0 and max_steps \\(30\\)"):
+        TrainConfig(max_steps=30)
+    with pytest.raises(ValueError, match="mixed_precision"):
+        TrainConfig(max_steps=5, warmup_steps=0, mixed_precision="fp8")
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(max_steps=5, warmup_steps=0, lr=1e-4, min_lr=1e-3)
+
+
+def test_decay_groups_decay_matrices_only_and_list_tied_weights_once():
+    model = TinyLM()
+    decay, no_decay = decay_groups(model, weight_decay=0.1)
+    assert decay["names"] == ["wte.weight", "mlp.weight"] and decay["weight_decay"] == 0.1
+    assert no_decay["names"] == ["ln.weight", "ln.bias", "mlp.bias", "lm_head.bias"] and no_decay["weight_decay"] == 0.0
+    assert decay["params"][0] is model.lm_head.weight  # the tied output weight is the embedding, listed once
+    model.mlp.requires_grad_(False)
+    assert [g["names"] for g in decay_groups(model, 0.1)] == [["wte.weight"], ["ln.weight", "ln.bias", "lm_head.bias"]]
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------
+
+
+def test_loss_falls_and_history_is_recorded():
+    trainer = make_trainer(max_steps=30, eval_every=10, lr=5e-2)
+    history = trainer.fit()
+    assert isinstance(history, History) and [r["step"] for r in history] == list(range(1, 31))
+    vals = [r["val_loss"] for r in history if r["val_loss"] is not None]
+    assert len(vals) == 3
+    assert vals[-1] < 0.5 * math.log(VOCAB) and vals[-1] < vals[0]
+    assert history[-1]["train_loss"] < 0.5 * history[0]["train_loss"]
+    assert trainer.evaluate() == pytest.approx(vals[-1], rel=1e-6)
+    assert trainer.best_val == min(vals) and trainer.best_step == 30
+    frame = history.to_frame()
+    assert list(frame.columns) == list(History.COLUMNS) and frame.shape == (30, 7)
+    assert frame["val_loss"].notna().sum() == 3 and (frame["tokens_per_s"] > 0).all()
+    assert frame["elapsed_s"].is_monotonic_increasing
+    assert frame["lr"].iloc[2] == pytest.approx(5e-2) and frame["lr"].iloc[-1] < 2e-3
+
+
+def test_fit_continues_where_it_stopped():
+    trainer = make_trainer(max_steps=6)
+    trainer.fit(steps=4)
+    assert trainer.step == 4
+    trainer.fit()
+    assert trainer.step == 6 and len(trainer.history) == 6
+    trainer.fit(steps=2)  # past max_steps: at min_lr
+    assert trainer.step == 8 and trainer.history[-1]["lr"] == pytest.approx(1e-3)
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    big = RandomWindows(TOKENS, block_size=8, batch_size=8, seed=3)
+
+    def halves(i):
+        x, y = big(i // 2)
+        part = slice(0, 4) if i % 2 == 0 else slice(4, 8)
+        return x[part], y[part]
+
+    one = make_trainer(dropout=0.0, train_batches=big, max_steps=5)
+    two = make_trainer(dropout=0.0, train_batches=halves, max_steps=5, grad_accum=2)
+    one.fit()
+    two.fit()
+    for key in ("train_loss", "grad_norm", "val_loss"):
+        a = [r[key] for r in one.history if r[key] is not None]
+        b = [r[key] for r in two.history if r[key] is not None]
+        assert a == pytest.approx(b, rel=1e-5), key
+    for (name, p), q in zip(one.model.named_parameters(), two.model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
+    straight = make_trainer()
+    straight.fit()
+
+    first = make_trainer(checkpoint_dir=tmp_path)
+    first.fit(steps=6)
+    resumed = make_trainer(seed=123, checkpoint_dir=tmp_path)  # fresh model, optimizer and RNG
+    resumed.load(tmp_path / "last")
+    assert resumed.step == 6 and len(resumed.history) == 6
+    resumed.fit()
+
+    for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters()):
+        assert torch.equal(p, q), name
+    for key in ("train_loss", "val_loss", "lr", "grad_norm"):
+        assert [r[key] for r in straight.history] == [r[key] for r in resumed.history], key
+    assert resumed.best_val == straight.best_val and resumed.best_step == straight.best_step
+    assert resumed.history[-1]["elapsed_s"] > resumed.history[5]["elapsed_s"]
+
+
+def test_trainer_checkpoint_holds_optimizer_and_rng_state_as_tensors(tmp_path):
+    trainer = make_trainer(max_steps=3, checkpoint_dir=tmp_path)
+    trainer.fit()
+    folder = tmp_path / "last"
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
+    with safe_open(str(folder / "trainer.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert {"optimizer.wte.weight.exp_avg", "optimizer.wte.weight.exp_avg_sq", "optimizer.wte.weight.step", "rng.torch"} <= keys
+    assert not any(k.startswith("optimizer.lm_head.weight") for k in keys)  # tied: one state
+    meta = json.loads((folder / "trainer.json").read_text())
+    assert meta["step"] == 3 and meta["train_config"]["max_steps"] == 3 and len(meta["history"]) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]  # no temporary folders left behind
+
+
+def test_early_stopping_keeps_the_best_weights(tmp_path):
+    class Scalar(nn.Module):
+        """Training pulls w towards 3; the validation loss is lowest at w = 1 and rises past it."""
+
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, target):
+            return self.w, (self.w - target).pow(2).mean()
+
+    set_seed(0)
+    model = Scalar()
+    cfg = TrainConfig(max_steps=100, lr=0.1, min_lr=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=None,
+                      eval_every=2, patience=3, checkpoint_dir=str(tmp_path))
+    trainer = Trainer(model, cfg, lambda i: (torch.full((4,), 3.0),), [(torch.full((4,), 1.0),)], progress=False)
+    trainer.fit()
+    vals = [r["val_loss"] for r in trainer.history if r["val_loss"] is not None]
+    assert trainer.stopped_early and trainer.step == trainer.best_step + 2 * 3 < 100
+    assert trainer.best_val == min(vals) and vals[-1] > trainer.best_val
+    assert abs(model.w.item() - 1) < 0.2
+    assert trainer.evaluate() == pytest.approx(trainer.best_val)  # the model holds the best weights again
+    saved = Scalar()
+    load_model_state(saved, tmp_path / "best")
+    assert saved.w.item() == model.w.item()
+    trainer.fit()
+    assert trainer.step == trainer.best_step + 6  # a stopped run does not go on
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    windows = RandomWindows(TOKENS, block_size=8, batch_size=4, seed=0)
+
+    def poisoned(i):
+        x, y = windows(i)
+        return {"idx": x, "targets": y, "loss_scale": float("nan") if i >= 6 else 1.0}
+
+    trainer = make_trainer(train_batches=poisoned, max_steps=20, checkpoint_dir=tmp_path, checkpoint_every=2)
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 7 .*from step 6") as err:
+        trainer.fit()
+    assert err.value.step == 7 and trainer.step == 6
+    assert json.loads((tmp_path / "last" / "trainer.json").read_text())["step"] == 6
+    good = TinyLM()
+    load_model_state(good, tmp_path / "last")
+    for (name, p), q in zip(good.named_parameters(), trainer.model.parameters()):
+        assert torch.isfinite(p).all() and torch.equal(p, q), name  # the NaN step changed no weight
+    make_trainer(checkpoint_dir=tmp_path).load(tmp_path / "last")  # and the checkpoint resumes
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------------------
+
+
+def test_save_model_stores_tied_weights_once_and_reties_them(tmp_path):
+    set_seed(0)
+    model = TinyLM()
+    save_model(model, tmp_path / "m")
+    save_model(model, tmp_path / "m")  # overwriting an existing folder works
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
+        assert "lm_head.weight" not in f.keys() and "wte.weight" in f.keys()
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["aliases"] == {"lm_head.weight": "wte.weight"}
+    assert read_config(tmp_path / "m") == model.config
+
+    set_seed(1)
+    other = TinyLM()
+    assert load_model_state(other, tmp_path / "m") == model.config
+    for (name, p), q in zip(model.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(p, q), name
+    assert other.lm_head.weight.data_ptr() == other.wte.weight.data_ptr()
+
+
+@pytest.fixture
+def saved(tmp_path):
+    trainer = make_trainer(max_steps=3, checkpoint_dir=tmp_path / "run")
+    trainer.fit()
+    return tmp_path / "run" / "last"
+
+
+def broken_copy(saved, name, damage):
+    folder = saved.parent / f"broken-{name}"
+    shutil.copytree(saved, folder)
+    damage(folder / name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("model.safetensors", lambda f: f.unlink(), "incomplete: model.safetensors is missing"),
+        ("model.safetensors", lambda f: f.write_bytes(f.read_bytes()[:-100]), "model.safetensors .* truncated or corrupt"),
+        ("model.safetensors", lambda f: f.write_bytes(bytes(range(256)) * 4), "not a readable safetensors file"),
+        ("config.json", lambda f: f.write_text('{"format": '), "config.json .* not valid JSON"),
+        ("config.json", lambda f: f.write_text('{"model_type": "gpt2"}'), "not written by this course's helpers"),
+        ("config.json", lambda f: f.unlink(), "config.json is missing"),
+    ],
+)
+def test_damaged_checkpoints_fail_clearly(saved, name, damage, message):
+    folder = broken_copy(saved, name, damage)
+    model = TinyLM()
+    before = params(model)
+    with pytest.raises(CheckpointError, match=message):
+        load_model_state(model, folder)
+    with pytest.raises(CheckpointError, match=message):
+        make_trainer().load(folder)
+    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+
+
+@pytest.mark.parametrize(
+    ("name", "damage", "message"),
+    [
+        ("trainer.safetensors", lambda f: f.write_bytes(f.read_bytes()[:50]), "trainer.safetensors .* truncated"),
+        ("trainer.json", lambda f: f.write_text(json.dumps({**json.loads(f.read_text()), "rng": None})), "malformed RNG state"),
+        ("trainer.json", lambda f: f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "step"})),
+         "trainer.json .* lacks \\['step'\\]"),
+        ("trainer.json", lambda f: f.unlink(), "weights only"),
+    ],
+)
+def test_damaged_trainer_state_fails_before_changing_anything(saved, name, damage, message):
+    folder = broken_copy(saved, name, damage)
+    trainer = make_trainer()
+    before = params(trainer.model)
+    with pytest.raises(CheckpointError, match=message):
+        trainer.load(folder)
+    assert trainer.step == 0 and all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_foreign_or_misshapen_checkpoints_name_the_mismatch(saved, tmp_path):
+    with pytest.raises(CheckpointError, match="No checkpoint at"):
+        load_model_state(TinyLM(), tmp_path / "nothing-here")
+    with pytest.raises(CheckpointError, match=r"does not fit this model: wte.weight \(11, 8\) in the checkpoint vs \(12, 8\)"):
+        load_model_state(TinyLM(vocab=12), saved)
+    with pytest.raises(CheckpointError, match="missing extra.weight"):
+        wider = TinyLM()
+        wider.extra = nn.Linear(2, 2)
+        load_model_state(wider, saved)
+    frozen = make_trainer()
+    frozen.model.mlp.requires_grad_(False)
+    frozen.optimizer.param_groups[0]["names"].remove("mlp.weight")
+    with pytest.raises(CheckpointError, match="unexpected mlp.weight"):
+        frozen.load(saved)
+
+
+# ---- errors on bad input and the plots -------------------------------------------------------------------------
+
+
+def test_trainer_rejects_bad_input_clearly():
+    with pytest.raises(TypeError, match="callable step -> batch"):
+        make_trainer(train_batches=[(torch.zeros(1),)])
+    with pytest.raises(TypeError, match="re-iterable"):
+        make_trainer(val=iter(VAL))
+    with pytest.raises(ValueError, match="patience needs val_batches"):
+        make_trainer(val=None, patience=2)
+    with pytest.raises(ValueError, match="fp16.*CUDA"):
+        make_trainer(mixed_precision="fp16")
+    no_targets = make_trainer(train_batches=lambda i: (TOKENS[:8][None],))
+    with pytest.raises(TypeError, match="include the targets"):
+        no_targets.fit()
+
+
+def test_plots_draw_history_schedule_and_a_final_live_plot():
+    plt.close("all")
+    trainer = make_trainer(max_steps=30, eval_every=10)
+    trainer.live_plot = True
+    trainer.fit()
+    assert len(plt.get_fignums()) == 1  # outside a notebook: one final figure
+    lines = plt.gca().get_lines()
+    assert len(lines) == 3 and list(lines[-1].get_xdata()) == [10, 20, 30]
+    ax = plot_history(trainer.history.to_frame())
+    assert [line.get_label() for line in ax.get_lines()][1:] == ["train (moving average)", "validation"]
+    ax = plot_lr_schedule(trainer.cfg)
+    assert max(ax.get_lines()[0].get_ydata()) == pytest.approx(trainer.cfg.lr)
+    live = LiveLossPlot()
+    assert not live.live
+    live.update(trainer.history)
+    assert len(plt.get_fignums()) == 3
+    plt.close("all")
