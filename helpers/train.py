@@ -519,7 +519,7 @@ class Trainer:
             set_seed(cfg.seed)
         self.model.train()
         plot = None
-        if self.live_plot and self.val_batches is not None:
+        if self.live_plot:
             from helpers.plots import LiveLossPlot
 
             plot = LiveLossPlot()

@@ -3,9 +3,11 @@ checkpoints round-trip and fail clearly."""
 
 import json
 import math
+import random
 import shutil
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -166,8 +168,11 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
 
     first = make_trainer(checkpoint_dir=tmp_path)
     first.fit(steps=6)
+    next_draws = (random.random(), np.random.rand(), torch.rand(1))
     resumed = make_trainer(seed=123, checkpoint_dir=tmp_path)  # fresh model, optimizer and RNG
     resumed.load(tmp_path / "last")
+    assert (random.random(), np.random.rand(), torch.rand(1)) == next_draws  # Python, NumPy and torch RNG restored
+    resumed.load(tmp_path / "last")  # again, to undo those draws
     assert resumed.step == 6 and len(resumed.history) == 6
     resumed.fit()
 
