@@ -42,17 +42,16 @@ def draw_history(history, ax, title: str | None = None) -> None:
     ax.legend()
 
 
-def plot_history(history, title: str | None = None):
-    """Plot the loss curves of a run (see :func:`draw_history`) and show them; returns the Axes."""
+def plot_history(history, title: str | None = None) -> None:
+    """Plot the loss curves of a run (see :func:`draw_history`) and show them."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     draw_history(history, ax, title)
     fig.tight_layout()
     plt.show()
-    return ax
 
 
-def plot_lr_schedule(cfg: TrainConfig, title: str | None = None):
-    """Plot the learning rate of every update of ``cfg`` (warm-up, then cosine decay) and show it; returns the Axes."""
+def plot_lr_schedule(cfg: TrainConfig, title: str | None = None) -> None:
+    """Plot the learning rate of every update of ``cfg`` (warm-up, then cosine decay) and show it."""
     steps = range(cfg.max_steps)
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot([s + 1 for s in steps], [lr_at(s, cfg) for s in steps])
@@ -62,7 +61,6 @@ def plot_lr_schedule(cfg: TrainConfig, title: str | None = None):
     ax.legend()
     fig.tight_layout()
     plt.show()
-    return ax
 
 
 def _in_notebook() -> bool:

@@ -239,7 +239,7 @@ def save_model(model: torch.nn.Module, path, config=None) -> Path:
     return _write_folder(path, _model_files(model, getattr(model, "config", None) if config is None else config))
 
 
-def _read_json(path: Path, name: str, what: str) -> dict:
+def _read_json(path: Path, name: str, what: str = "Use another checkpoint.") -> dict:
     file = path / name
     if not file.is_file():
         raise CheckpointError(f"The checkpoint {path} is incomplete: {name} is missing. {what}")
@@ -281,12 +281,12 @@ def _check_folder(path) -> Path:
 
 def read_config(path) -> dict:
     """The model config stored in the checkpoint folder ``path`` (to build the model before loading weights)."""
-    return _read_json(_check_folder(path), CONFIG_FILE, "")["config"]
+    return _read_json(_check_folder(path), CONFIG_FILE)["config"]
 
 
 def _fitted_state(model: torch.nn.Module, path: Path) -> tuple[dict, dict]:
     """Read a checkpoint's weights and check they fit ``model``; returns (state dict, config)."""
-    meta = _read_json(path, CONFIG_FILE, "")
+    meta = _read_json(path, CONFIG_FILE)
     tensors = _read_tensors(path, MODEL_FILE)
     for alias, name in meta.get("aliases", {}).items():
         if name not in tensors:

@@ -364,10 +364,10 @@ def test_plots_draw_history_schedule_and_a_final_live_plot():
     assert len(plt.get_fignums()) == 1  # outside a notebook: one final figure
     lines = plt.gca().get_lines()
     assert len(lines) == 3 and list(lines[-1].get_xdata()) == [10, 20, 30]
-    ax = plot_history(trainer.history.to_frame())
-    assert [line.get_label() for line in ax.get_lines()][1:] == ["train (moving average)", "validation"]
-    ax = plot_lr_schedule(trainer.cfg)
-    assert max(ax.get_lines()[0].get_ydata()) == pytest.approx(trainer.cfg.lr)
+    plot_history(trainer.history.to_frame())
+    assert [line.get_label() for line in plt.gca().get_lines()][1:] == ["train (moving average)", "validation"]
+    plot_lr_schedule(trainer.cfg)
+    assert max(plt.gca().get_lines()[0].get_ydata()) == pytest.approx(trainer.cfg.lr)
     live = LiveLossPlot()
     assert not live.live
     live.update(trainer.history)
