@@ -5,6 +5,8 @@ Every function works on a (B, V) batch of logits, one row per sequence, and neve
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -67,3 +69,146 @@ def sample_next(
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# ------------------------------------------------------------------------------------------------- beam search
+@dataclass(frozen=True)
+class Hypothesis:
+    """One decoded continuation: its new ``tokens`` (the final EOS left out), the length-normalised ``score``
+    (see :func:`beam_search`), and whether it ended with EOS (``finished``) or ran into ``max_new_tokens``."""
+
+    tokens: list[int]
+    score: float
+    finished: bool
+
+
+def normalised_score(log_prob: float, length: int, length_penalty: float) -> float:
+    """Total log-probability divided by ``length ** length_penalty`` (``length`` counts new tokens, EOS included).
+
+    ``length_penalty=0`` ranks by total log-probability, which favours short outputs (every token costs log-prob);
+    ``1`` ranks by mean log-probability per token; above 1 favours long outputs further."""
+    return log_prob / max(length, 1) ** length_penalty
+
+
+def _left_pad(prompts, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if not prompts or any(not isinstance(p, (list, tuple)) or not p for p in prompts):
+        raise ValueError("prompt_ids must be a (B, T) tensor or a non-empty list of non-empty lists of token ids.")
+    T = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
+    mask = torch.zeros(len(prompts), T, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        idx[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
+        mask[i, T - len(p) :] = 1
+    return idx, mask
+
+
+@torch.no_grad()
+def beam_search(
+    model,
+    prompt_ids,
+    beam_width: int = 4,
+    max_new_tokens: int = 64,
+    eos_id: int | None = None,
+    length_penalty: float = 1.0,
+    attention_mask: torch.Tensor | None = None,
+    pad_id: int = 0,
+) -> list[Hypothesis]:
+    """The best continuation of each prompt found by beam search; one :class:`Hypothesis` per prompt.
+
+    ``prompt_ids``: a (B, T) tensor (with ``attention_mask`` when prompts are left-padded) or a list of token-id
+    lists (left-padded here with ``pad_id``, which is then never attended to). ``model`` is a
+    :class:`helpers.model.GPT`: its KV cache is filled once per prompt, copied to the beams, and reordered with the
+    surviving beams at every step, so each step feeds one token per beam.
+
+    Each step extends every live beam by every token and ranks the candidates by **total log-probability**. Per
+    prompt, an EOS candidate among the ``beam_width`` best becomes a *finished* hypothesis; the ``beam_width`` best
+    non-EOS candidates stay live. Finished hypotheses are compared by
+    :func:`normalised_score` (``length_penalty``) and the best ``beam_width`` are kept. A prompt is done once it holds
+    ``beam_width`` finished hypotheses and its best live beam, scored as it stands, does not beat the worst of them
+    (Hugging Face's default rule); after ``max_new_tokens`` the live beams compete unfinished. With
+    ``beam_width=1`` this is exactly greedy decoding.
+    """
+    from helpers.model import KVCache
+
+    if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
+        raise ValueError(f"beam_width must be a positive integer, got {beam_width!r}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
+        raise ValueError(f"length_penalty must be a number (0: total log-prob, 1: mean per token), got {length_penalty!r}.")
+    device = next(model.parameters()).device
+    if not isinstance(prompt_ids, torch.Tensor):
+        prompt_ids, attention_mask = _left_pad(list(prompt_ids), pad_id)
+    if prompt_ids.ndim != 2:
+        raise ValueError(f"prompt_ids must be shaped (batch, time), got {tuple(prompt_ids.shape)}; for one prompt use ids[None].")
+    prompt_ids = prompt_ids.to(device)
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(device)
+    B, T = prompt_ids.shape
+    k = beam_width
+    V = model.config.vocab_size
+    if T + max_new_tokens > model.config.block_size:
+        raise ValueError(
+            f"Prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) is more than block_size={model.config.block_size}; "
+            "lower max_new_tokens or shorten the prompts."
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        cache = KVCache(model.config, B, T + max_new_tokens)
+        logits, _ = model(prompt_ids, attention_mask=attention_mask, cache=cache)
+        cache.reorder(torch.arange(B, device=device).repeat_interleave(k))  # every beam starts from its prompt's cache
+        log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1).repeat_interleave(k, dim=0)  # (B*k, V)
+        # Only beam 0 of each prompt is live at first; the others start at -inf so the k first beams differ.
+        beam_scores = torch.full((B, k), float("-inf"), device=device)
+        beam_scores[:, 0] = 0.0
+        tokens = torch.empty(B, k, 0, dtype=torch.long, device=device)
+        finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+        done = [False] * B
+        for step in range(1, max_new_tokens + 1):
+            cand = (beam_scores[:, :, None] + log_probs.view(B, k, V)).view(B, k * V)
+            n_cand = min(k + 1, k * V)  # k + 1 candidates always hold k that are not EOS (one EOS per beam at most)
+            top_scores, top_flat = cand.topk(n_cand, dim=-1)
+            top_beam, top_tok = top_flat // V, top_flat % V
+            next_scores = torch.full((B, k), float("-inf"), device=device)
+            next_beam = torch.zeros(B, k, dtype=torch.long, device=device)
+            next_tok = torch.zeros(B, k, dtype=torch.long, device=device)
+            for b in range(B):
+                if done[b]:
+                    continue
+                slot = 0
+                for rank, (score, beam, tok) in enumerate(zip(top_scores[b].tolist(), top_beam[b].tolist(), top_tok[b].tolist())):
+                    if score == float("-inf"):
+                        break
+                    if tok == eos_id:
+                        if rank < k:
+                            hyp = Hypothesis(tokens[b, beam].tolist(), normalised_score(score, step, length_penalty), True)
+                            finished[b] = sorted([*finished[b], hyp], key=lambda h: -h.score)[:k]
+                        continue
+                    if slot < k:
+                        next_scores[b, slot], next_beam[b, slot], next_tok[b, slot] = score, beam, tok
+                        slot += 1
+                if len(finished[b]) == k:
+                    best_live = normalised_score(next_scores[b, 0].item(), step, length_penalty)
+                    done[b] = best_live <= finished[b][-1].score
+            if all(done) or step == max_new_tokens:
+                break
+            beam_scores = next_scores
+            kept = tokens.gather(1, next_beam[:, :, None].expand(-1, -1, tokens.size(2)))
+            tokens = torch.cat([kept, next_tok[:, :, None]], dim=2)
+            cache.reorder((next_beam + torch.arange(B, device=device)[:, None] * k).view(-1))
+            logits, _ = model(next_tok.view(B * k, 1), cache=cache)
+            log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
+    finally:
+        model.train(was_training)
+    results = []
+    for b in range(B):
+        pool = list(finished[b])
+        if not done[b]:  # out of steps: the live beams (with their last token) compete unfinished
+            for j in range(k):
+                score = next_scores[b, j].item()
+                if score > float("-inf"):
+                    seq = tokens[b, next_beam[b, j]].tolist() + [next_tok[b, j].item()]
+                    pool.append(Hypothesis(seq, normalised_score(score, len(seq), length_penalty), False))
+        results.append(max(pool, key=lambda h: h.score))
+    return results
