@@ -242,6 +242,15 @@ class GPT(nn.Module):
             )
         return idx
 
+    def _check_prefix(self, prefix_embeds, B: int) -> int:
+        """The length P of a valid (B, P, n_embd) ``prefix_embeds``."""
+        ok = isinstance(prefix_embeds, torch.Tensor) and prefix_embeds.ndim == 3
+        if not ok or prefix_embeds.shape[::2] != (B, self.config.n_embd):
+            raise ValueError(
+                f"prefix_embeds must be shaped (batch={B}, P, n_embd={self.config.n_embd}), got {_shape(prefix_embeds)}."
+            )
+        return prefix_embeds.shape[1]
+
     def _attention_mask(self, L: int, past: int, keep: torch.Tensor | None, device):
         """The SDPA mask for L new queries after ``past`` cached positions: (mask or None, is_causal)."""
         causal = self.config.causal
@@ -267,10 +276,7 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx)
         P = 0
         if prefix_embeds is not None:
-            ok = isinstance(prefix_embeds, torch.Tensor) and prefix_embeds.ndim == 3
-            if not ok or prefix_embeds.shape[::2] != (B, c.n_embd):
-                raise ValueError(f"prefix_embeds must be shaped (batch={B}, P, n_embd={c.n_embd}), got {_shape(prefix_embeds)}.")
-            P = prefix_embeds.shape[1]
+            P = self._check_prefix(prefix_embeds, B)
             x = torch.cat([prefix_embeds.to(x.dtype), x], dim=1)
         L = P + T
         past = 0 if cache is None else cache.length
@@ -367,7 +373,7 @@ class GPT(nn.Module):
         if eos_id is not None and not 0 <= eos_id < self.config.vocab_size:
             raise ValueError(f"eos_id must be a token id in [0, {self.config.vocab_size}), got {eos_id!r}.")
         B, T = idx.shape
-        P = 0 if prefix_embeds is None else prefix_embeds.shape[1]
+        P = 0 if prefix_embeds is None else self._check_prefix(prefix_embeds, B)
         block = self.config.block_size
         if use_cache and P + T + max_new_tokens > block:
             raise ValueError(
