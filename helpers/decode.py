@@ -1,6 +1,7 @@
-"""Decoding: turn next-token logits into tokens (greedy, temperature, top-k, top-p). ``GPT.generate`` uses these.
+"""Decoding: turn next-token logits into tokens (greedy, temperature, top-k, top-p), which ``GPT.generate`` uses,
+and beam search over a whole model (:func:`beam_search`, chapter 06).
 
-Every function works on a (B, V) batch of logits, one row per sequence, and never changes its input in place.
+The sampling functions work on a (B, V) batch of logits, one row per sequence, and never change their input in place.
 """
 
 from __future__ import annotations

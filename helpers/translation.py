@@ -105,6 +105,20 @@ def collate(examples: list[TranslationExample], pad_id: int) -> dict[str, torch.
     return {"idx": idx, "targets": targets, "attention_mask": mask}
 
 
+def length_buckets(examples: list[TranslationExample], batch_size: int, seed: int = 0, window: int = 50) -> list[list]:
+    """Split ``examples`` into batches of similar length: shuffle (seeded), sort each run of ``window`` batches'
+    worth of examples by length, cut it into batches. A right-padded batch costs its longest example times its
+    size, so grouping lengths saves the compute spent on padding while the batches stay varied."""
+    if not 1 <= batch_size <= len(examples):
+        raise ValueError(f"batch_size must be between 1 and the number of examples ({len(examples)}), got {batch_size}.")
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
+    batches = []
+    for start in range(0, len(order) - batch_size + 1, window * batch_size):
+        run = sorted(order[start : start + window * batch_size], key=lambda i: len(examples[i].ids))
+        batches += [[examples[i] for i in run[j : j + batch_size]] for j in range(0, len(run) - batch_size + 1, batch_size)]
+    return batches
+
+
 def default_max_new_tokens(n_source_tokens: int) -> int:
     """A cap on the translation's length from the source's: French takes about 1.1 times the tokens of English
     here; 1.5 times plus 8 leaves room without letting a model that never writes EOS run on for long."""
@@ -119,14 +133,18 @@ def translate(model, tokenizer, sources, method: str = "greedy", beam_width: int
     Prompts are sorted by length and decoded ``batch_size`` at a time, left-padded, with the KV cache. ``method``
     is ``"greedy"`` (``GPT.generate`` at temperature 0) or ``"beam"`` (:func:`helpers.decode.beam_search`). Each
     batch may write up to ``max_new_tokens`` tokens (default :func:`default_max_new_tokens` of its longest
-    source), never more than the model's ``block_size`` leaves."""
+    source), never more than the model's ``block_size`` leaves; a source over half of ``block_size`` tokens is
+    cut to fit there (a translation of its beginning)."""
     if method not in ("greedy", "beam"):
         raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}.")
     sources = list(sources)
     if not sources or not all(isinstance(s, str) for s in sources):
         raise ValueError("sources must be a non-empty list of strings.")
     device = next(model.parameters()).device
-    prompts = [format_example(tokenizer, s)[0] for s in sources]
+    # A source longer than half the context is cut, so that every translation has room for as many tokens.
+    longest = model.config.block_size // 2
+    prompts = [p if len(p) <= longest else p[: longest - 1] + [tokenizer.sep_id]
+               for p in (format_example(tokenizer, s)[0] for s in sources)]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -137,10 +155,7 @@ def translate(model, tokenizer, sources, method: str = "greedy", beam_width: int
     for chunk in chunks:
         batch = [prompts[i] for i in chunk]
         T = max(len(p) for p in batch)
-        room = model.config.block_size - T
-        if room < 1:
-            raise ValueError(f"A prompt has {T} tokens, which leaves no room in block_size={model.config.block_size}.")
-        n_new = min(room, max_new_tokens if max_new_tokens is not None else default_max_new_tokens(T - 1))
+        n_new = min(model.config.block_size - T, max_new_tokens if max_new_tokens is not None else default_max_new_tokens(T - 1))
         if method == "beam":
             new = [h.tokens for h in beam_search(model, batch, beam_width, n_new, tokenizer.eot_id, length_penalty,
                                                  pad_id=tokenizer.pad_id)]
@@ -164,14 +179,16 @@ def finetune(model, tokenizer, train: list[TranslationExample], val: list[Transl
     """Fine-tune ``model`` on translation examples with :class:`helpers.train.Trainer`; returns the trainer
     (its ``history``, ``best_step``, ``stopped_early``). The model is changed in place.
 
-    Batches are shuffled epoch by epoch (:class:`helpers.batches.ShuffledBatches`) and padded by :func:`collate`.
+    Batches hold examples of similar length (:func:`length_buckets`), come in a seeded order epoch by epoch
+    (:class:`helpers.batches.ShuffledBatches`) and are padded by :func:`collate`.
     The validation loss is computed on all of ``val`` every ``eval_every`` steps (default: 10 evaluations per
     run); with ``patience``, training stops after that many evaluations without a better one and keeps the best
     weights. ``warmup_steps`` defaults to 5 % of ``steps``."""
     if not train or not val:
         raise ValueError("finetune needs training and validation examples (prepare them with prepare_pairs).")
     pad = tokenizer.pad_id
-    train_batches = ShuffledBatches(train, min(batch_size, len(train)), lambda ex: collate(ex, pad), seed=seed)
+    buckets = length_buckets(train, min(batch_size, len(train)), seed=seed)
+    train_batches = ShuffledBatches(buckets, 1, lambda chosen: collate(chosen[0], pad), seed=seed)
     val_batches = [collate(val[i : i + batch_size], pad) for i in range(0, len(val), batch_size)]
     cfg = TrainConfig(
         max_steps=steps, lr=lr, min_lr=lr / 10, weight_decay=weight_decay, seed=seed,
@@ -232,6 +249,7 @@ def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size
         weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0, eval_strategy="steps", eval_steps=eval_every,
         logging_steps=eval_every, save_strategy="no", report_to="none", push_to_hub=False, seed=seed,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
+        train_sampling_strategy="group_by_length",  # batches of similar lengths, as length_buckets does for the GPT
     )
     trainer = Seq2SeqTrainer(
         model=model, args=args, train_dataset=marian_features(tokenizer, train_pairs),
@@ -244,10 +262,12 @@ def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size
 
 @torch.no_grad()
 def marian_translate(model, tokenizer, sources, batch_size: int = 32, num_beams: int = 1) -> list[str]:
-    """Translate with a Marian model (greedy by default), batched by length like :func:`translate`."""
+    """Translate with a Marian model (greedy by default), batched by length like :func:`translate`, with the same
+    cap on the output's length."""
     model.eval()
     device = next(model.parameters()).device
-    enc = [tokenizer.encode(s) + [tokenizer.eot_id] for s in sources]
+    limit = model.config.max_position_embeddings - 1  # the decoder's longest output
+    enc = [tokenizer.encode(s)[: limit - 1] + [tokenizer.eot_id] for s in sources]
     order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
     out: list[str] = [""] * len(enc)
     for start in range(0, len(order), batch_size):
@@ -258,7 +278,7 @@ def marian_translate(model, tokenizer, sources, batch_size: int = 32, num_beams:
         for r, i in enumerate(chunk):
             ids[r, : len(enc[i])], mask[r, : len(enc[i])] = torch.tensor(enc[i]), 1
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), num_beams=num_beams,
-                             do_sample=False, max_new_tokens=default_max_new_tokens(T - 1))
+                             do_sample=False, max_new_tokens=min(default_max_new_tokens(T - 1), limit))
         for i, row in zip(chunk, gen.tolist()):
             out[i] = tokenizer.decode(row).strip()
     return out

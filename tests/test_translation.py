@@ -13,6 +13,7 @@ from helpers.translation import (
     collate,
     evaluate,
     format_example,
+    length_buckets,
     prepare_pairs,
     translate,
 )
@@ -123,3 +124,15 @@ def test_evaluate_scores_with_sacrebleu_and_signatures(model):
     assert result["bleu"].score == sacrebleu.corpus_bleu(result["hyps"], [refs]).score
     assert result["chrf"].score == sacrebleu.corpus_chrf(result["hyps"], [refs]).score
     assert result["bleu"].signature.startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+
+
+def test_length_buckets_group_similar_lengths_and_drop_nothing_twice():
+    exs = [TranslationExample(list(range(4, 4 + n)), 2) for n in [3, 9, 4, 8, 5, 7, 6, 3, 9, 4]]
+    batches = length_buckets(exs, batch_size=2, seed=0, window=5)
+    assert len(batches) == 5 and all(len(b) == 2 for b in batches)
+    assert sorted(id(e) for b in batches for e in b) == sorted(id(e) for e in exs)
+    lengths = [len(e.ids) for b in batches for e in b]
+    assert lengths == sorted(lengths)  # one window holds everything here, so the batches come out sorted
+    assert length_buckets(exs, 2, seed=1, window=1) != length_buckets(exs, 2, seed=0, window=1)  # the seed shuffles
+    with pytest.raises(ValueError, match="batch_size"):
+        length_buckets(exs, batch_size=11)
