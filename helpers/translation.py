@@ -237,6 +237,7 @@ def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size
     """Train a ``MarianMTModel`` from scratch with ``Seq2SeqTrainer`` (``DataCollatorForSeq2Seq`` pads and makes
     the decoder inputs); returns ``(model, trainer)``. Offline: no hub, no reporting, no checkpoints written."""
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, Seq2SeqTrainer, Seq2SeqTrainingArguments
+    from transformers.trainer_callback import PrinterCallback
 
     from helpers.env import set_seed
 
@@ -256,6 +257,7 @@ def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size
         eval_dataset=marian_features(tokenizer, val_pairs), data_collator=DataCollatorForSeq2Seq(hf_tok, model=model),
         processing_class=hf_tok,
     )
+    trainer.remove_callback(PrinterCallback)  # the losses stay in trainer.state.log_history, unprinted
     trainer.train()
     return model, trainer
 
