@@ -139,7 +139,8 @@ class MultiHeadAttention(nn.Module):
 
         ``mask`` as in :func:`scaled_dot_product_attention`, broadcastable to (B, n_head, T, T), e.g. from
         :func:`padding_mask`. With ``need_weights=False`` the weights are not kept (None) and torch's fused kernel
-        computes the same output faster and without the (T, T) matrix.
+        computes the same output faster and without the (T, T) matrix. On both paths a query with no allowed key gets
+        a zero attention output (before ``proj``).
         """
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x must be shaped (batch, time, d_model={self.d_model}), got {tuple(x.shape)}.")
@@ -157,6 +158,8 @@ class MultiHeadAttention(nn.Module):
             out = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=attn_mask, is_causal=is_causal and mask is None, dropout_p=dropout_p
             )
+            if mask is not None:  # torch's CUDA kernels give a query with no allowed key a non-zero output
+                out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
             weights = None
         return self.proj(out.transpose(1, 2).reshape(B, T, self.d_model)), weights
 

@@ -95,6 +95,17 @@ def test_fully_blocked_rows_give_zeros_not_nan_also_in_backward():
     torch.testing.assert_close(out_add, out)
 
 
+def test_module_gives_zeros_to_queries_with_nothing_to_attend_on_both_paths():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    x = torch.randn(2, 6, 16)
+    left = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6])  # left padding: with causal, rows 0 and 1 of verse 0 see nothing
+    for need_weights in (True, False):
+        out, _ = mha(x, mask=padding_mask(left), is_causal=True, need_weights=need_weights)
+        torch.testing.assert_close(out[0, :2], mha.proj.bias.expand(2, 16))  # zero attention, then the output bias
+        assert torch.isfinite(out).all()
+
+
 def test_causal_output_ignores_the_future():
     torch.manual_seed(0)
     mha = MultiHeadAttention(16, 4).eval()
