@@ -38,6 +38,10 @@ notebooks: setup
 	$(PY) -m helpers.notebooks stamp $(NB)
 	$(PY) -m helpers.notebooks run $(NB)
 
+# Speed and memory against the libraries (benchmarks/README.md): make bench [NOTEBOOKS=1] [ARGS="--compile --steps 500"]
+bench: setup
+	$(PY) -m benchmarks.run $(if $(filter 1,$(NOTEBOOKS)),--notebooks) $(ARGS)
+
 stamp: setup
 	$(PY) -m helpers.notebooks stamp $(NOTEBOOKS)
 
