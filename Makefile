@@ -30,7 +30,7 @@ lint: setup
 # Unit tests and every notebook under nbval, in smoke mode.
 test: lint
 	COURSE_SMOKE=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
-	  --sanitize-with tests/sanitize.cfg -n $(PYTEST_WORKERS) --dist loadfile
+	  --sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 -n $(PYTEST_WORKERS) --dist loadfile
 
 # Re-run notebooks in full mode and store their outputs (what is committed): make notebooks [NB=notebooks/04_pretraining.ipynb]
 NB ?= $(NOTEBOOKS)

@@ -107,8 +107,10 @@ class _PeakRSS:
         self._thread.join()
 
 
-def run(path: Path, smoke: bool = False, write: bool = True, timeout: int | None = None) -> dict:
-    """Execute ``path`` in a fresh kernel (full mode unless ``smoke``); return and store how it ran."""
+def run(path: Path, smoke: bool = False, write: bool = True, timeout: int = 3600) -> dict:
+    """Execute ``path`` in a fresh kernel (full mode unless ``smoke``); return and store how it ran.
+
+    ``timeout`` bounds each cell, so a stuck kernel fails the run instead of hanging it."""
     from nbclient import NotebookClient
 
     import helpers.env as env
