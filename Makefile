@@ -21,8 +21,9 @@ $(STAMP): requirements.txt pyproject.toml data/packages-nodeps.txt
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
+# Jupyter refuses to run as root unless told to (containers, some cloud machines).
 lab: setup
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: setup
 	$(PY) -m ruff check helpers tests notebooks $(wildcard benchmarks)
