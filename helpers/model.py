@@ -242,6 +242,33 @@ class GPT(nn.Module):
             )
         return idx
 
+    def _check_targets(self, targets, idx: torch.Tensor) -> torch.Tensor:
+        """``targets`` as torch.long, or a clear error where cross_entropy would fail obscurely or return NaN."""
+        if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
+            raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {_shape(targets)}.")
+        if targets.dtype not in (torch.long, torch.int32):
+            raise TypeError(f"targets must hold integer token ids (torch.long), got {targets.dtype}.")
+        targets = targets.long()
+        if torch.compiler.is_compiling():  # the .tolist() below would break the compiled graph
+            return targets
+        n_used = lo = hi = 0
+        if targets.numel():
+            ignored = targets == IGNORE_INDEX
+            lo, hi = torch.aminmax(targets.masked_fill(ignored, 0))
+            n_used, lo, hi = torch.stack([(~ignored).sum(), lo, hi]).tolist()  # one device-to-host sync
+        if n_used == 0:
+            raise ValueError(
+                f"Every target is {IGNORE_INDEX} (ignored), so there is nothing to learn from and the loss would be NaN; "
+                "check the loss mask (a prompt mask covering the whole sequence, or a sequence cut before its answer)."
+            )
+        if lo < 0 or hi >= self.config.vocab_size:
+            raise ValueError(
+                f"targets must be token ids in [0, {self.config.vocab_size}) (vocab_size) or {IGNORE_INDEX} (ignored), "
+                f"got {lo if lo < 0 else hi}; was padding marked with another value, or the text encoded with "
+                "another tokenizer?"
+            )
+        return targets
+
     def _check_prefix(self, prefix_embeds, B: int) -> int:
         """The length P of a valid (B, P, n_embd) ``prefix_embeds``."""
         ok = isinstance(prefix_embeds, torch.Tensor) and prefix_embeds.ndim == 3
@@ -330,8 +357,7 @@ class GPT(nn.Module):
         logits = self.lm_head(h[:, h.size(1) - idx.size(1) :])
         loss = None
         if targets is not None:
-            if not isinstance(targets, torch.Tensor) or targets.shape != idx.shape:
-                raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {_shape(targets)}.")
+            targets = self._check_targets(targets, idx)
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
         return logits, loss
 

@@ -50,13 +50,34 @@ def _check_text(text) -> str:
 
 
 def _check_ids(ids, vocab_size: int) -> list[int]:
+    """The ids of one sequence as Python ints: a sequence of integers, a 1-D tensor or NumPy array, or a (1, T) one
+    (what ``GPT.generate`` returns for one prompt)."""
+    kind = type(ids).__name__
     if isinstance(ids, (str, bytes)):
-        raise TypeError(f"decode takes a list of token ids, got {type(ids).__name__}.")
-    ids = [int(i) for i in ids]
-    bad = [i for i in ids if not 0 <= i < vocab_size]
+        raise TypeError(f"decode takes a list of token ids, got {kind}.")
+    if hasattr(ids, "tolist"):  # tensors and arrays become (nested) lists of Python numbers
+        ids = ids.tolist()
+    if not isinstance(ids, Iterable):
+        raise TypeError(f"decode takes a sequence of token ids, got a single {kind}; for one id write decode([i]).")
+    ids = list(ids)
+    if len(ids) == 1 and isinstance(ids[0], (list, tuple)):  # a batch of one row, shaped (1, T)
+        ids = list(ids[0])
+    checked = []
+    for pos, i in enumerate(ids):
+        if hasattr(i, "tolist"):  # a NumPy scalar or a 0-d tensor
+            i = i.tolist()
+        if isinstance(i, (list, tuple)):
+            raise ValueError(
+                f"decode takes one sequence of token ids, got a batch of {len(ids)} rows; decode each row: "
+                "[tok.decode(row) for row in out]."
+            )
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise TypeError(f"Token ids must be integers, got {i!r} ({type(i).__name__}) at position {pos}.")
+        checked.append(i)
+    bad = [i for i in checked if not 0 <= i < vocab_size]
     if bad:
         raise ValueError(f"Token ids {bad[:5]} are outside this tokenizer's vocabulary (0..{vocab_size - 1}).")
-    return ids
+    return checked
 
 
 def tokens_per_char(encode: Callable[[str], list], texts: Iterable[str]) -> float:

@@ -187,6 +187,22 @@ def test_bad_inputs_have_clear_errors(model):
         GPTConfig(n_embd=30, n_head=4)
 
 
+def test_bad_targets_have_clear_errors(model):
+    idx = tokens(2, 5)
+    for bad in (V, -1, -101):
+        targets = tokens(2, 5, seed=2)
+        targets[1, 3] = bad
+        targets[0, :2] = -100  # ignored positions are fine and do not hide the bad one
+        with pytest.raises(ValueError, match=rf"targets must be token ids in \[0, {V}\).* got {bad};"):
+            model(idx, targets)
+    with pytest.raises(ValueError, match="nothing to learn from"):
+        model(idx, torch.full((2, 5), -100))
+    with pytest.raises(TypeError, match="integer token ids"):
+        model(idx, tokens(2, 5).float())
+    targets = tokens(2, 5, seed=2)
+    assert torch.equal(model(idx, targets.int())[1], model(idx, targets)[1])
+
+
 def test_prefix_embeds(model):
     B, P, T = 2, 3, 6
     prefix = torch.randn(B, P, 32, generator=torch.Generator().manual_seed(0))

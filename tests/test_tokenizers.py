@@ -3,8 +3,10 @@ trainer, determinism, save/load, and the cached course tokenizer."""
 
 from collections import Counter
 
+import numpy as np
 import pytest
 import regex
+import torch
 
 from helpers import data
 from helpers.tokenizers import (
@@ -123,6 +125,37 @@ def test_char_tokenizer_unk():
         CharTokenizer.from_text("")
     with pytest.raises(ValueError, match="outside"):
         tok.decode([99])
+
+
+@pytest.fixture(scope="module")
+def every_tokenizer(bpe):
+    course = CourseTokenizer(train_library_bpe(["abc cab"], 300, special_tokens=SPECIAL_TOKENS))
+    return [CharTokenizer.from_text("abc cab"), bpe, course]
+
+
+def test_decode_takes_tensors_arrays_and_one_row(every_tokenizer):
+    for tok in every_tokenizer:
+        ids = tok.encode("cab a")
+        text = tok.decode(ids)
+        assert text == "cab a"
+        assert tok.decode(torch.tensor(ids)) == text
+        assert tok.decode(torch.tensor([ids])) == text  # (1, T), what GPT.generate returns for one prompt
+        assert tok.decode(np.array(ids, dtype=np.int32)) == text
+        assert tok.decode(np.array([ids])) == text
+        assert tok.decode([np.int64(i) for i in ids]) == text
+        assert tok.decode(list(torch.tensor(ids))) == text  # 0-d tensors
+        with pytest.raises(ValueError, match=r"batch of 2 rows; decode each row: \[tok.decode\(row\) for row in out\]"):
+            tok.decode(torch.tensor([ids, ids]))
+        with pytest.raises(ValueError, match="batch of 2 rows"):
+            tok.decode(np.array([ids, ids]))
+        with pytest.raises(TypeError, match=rf"Token ids must be integers, got {ids[0]}.0 \(float\) at position 0"):
+            tok.decode(torch.tensor(ids, dtype=torch.float32))
+        with pytest.raises(TypeError, match="must be integers"):
+            tok.decode([1, 2.5])
+        with pytest.raises(TypeError, match="must be integers"):
+            tok.decode(torch.tensor([True]))
+        with pytest.raises(TypeError, match=r"single Tensor; for one id write decode\(\[i\]\)"):
+            tok.decode(torch.tensor(ids[0]))
 
 
 def test_our_bpe_with_gpt2_ranks_matches_tiktoken(gpt2_pair):
