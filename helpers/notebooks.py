@@ -1,15 +1,18 @@
-"""Notebook housekeeping: stamp the Colab badge and setup cell, run a notebook in full mode and record how it ran.
+"""Notebook housekeeping: stamp the Colab badge, setup cell and kernelspec, run a notebook in full mode and record how it ran.
 
-    python -m helpers.notebooks stamp notebooks/*.ipynb   # badge + setup cell from helpers.env.REPO_SLUG
+    python -m helpers.notebooks stamp notebooks/*.ipynb   # badge + setup cell from helpers.env.REPO_SLUG, installed kernelspec
     python -m helpers.notebooks run notebooks/04_pretraining.ipynb [--smoke]
 
 ``run`` executes top to bottom in a fresh kernel and rewrites the file only if every cell succeeded, with
 ``metadata.course = {mode, device, seconds, peak_rss_mib, ...}``; committed outputs come from here, never by hand.
+Before writing, widget outputs get a readable ``text/plain`` and text progress bars keep only their final state, so an
+untrusted notebook (a fresh clone) or a viewer without a widget manager shows what the run ended with.
 """
 
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import threading
@@ -22,6 +25,11 @@ from helpers.env import REPO_SLUG, atomic_write_bytes
 
 BADGE_PREFIX = "[![Open In Colab]"
 SETUP_TAG = "setup"
+# What `make setup` installs (ipykernel's spec); JupyterLab rewrites a differing kernelspec on open: "modified".
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+MODEL_REF = "IPY_MODEL_"
 
 
 def badge(name: str) -> str:
@@ -63,11 +71,26 @@ def stamp(nb) -> bool:
     return changed
 
 
+def kernelspec() -> dict:
+    """The kernelspec of the installed python3 kernel, as JupyterLab will write it; KERNELSPEC if none is installed."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        spec = KernelSpecManager().get_kernel_spec(KERNELSPEC["name"])
+    except NoSuchKernel:
+        return dict(KERNELSPEC)
+    return {"display_name": spec.display_name, "language": spec.language, "name": KERNELSPEC["name"]}
+
+
 def stamp_file(path: Path) -> bool:
+    """``stamp`` plus the installed kernelspec, kept out of ``stamp`` so its checks don't depend on this machine's Jupyter."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     nb.metadata["course_name"] = path.name
     changed = stamp(nb)
+    spec = kernelspec()
+    if nb.metadata.get("kernelspec") != spec:
+        nb.metadata["kernelspec"], changed = spec, True
     if changed:
         _write(nb, path)
     return changed
@@ -75,6 +98,63 @@ def stamp_file(path: Path) -> bool:
 
 def _write(nb, path: Path) -> None:
     atomic_write_bytes(Path(path), (nbformat.writes(nb) + "\n").encode())
+
+
+def widget_fallbacks(nb) -> None:
+    """Replace each widget output's ``text/plain`` (the widget's repr when first displayed: a 0% bar, a ``VBox(...)``)
+    with what the widget ended as, read from the widget state the run saved in the notebook metadata."""
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            view = out.get("data", {}).get(WIDGET_VIEW)
+            if view:
+                out.data["text/plain"] = _widget_text(state, view["model_id"])
+
+
+def _widget_text(state: dict, model_id: str) -> str:
+    model = state.get(model_id.removeprefix(MODEL_REF), {})
+    layout = state.get(model.get("state", {}).get("layout", "").removeprefix(MODEL_REF), {}).get("state", {})
+    if layout.get("visibility") == "hidden" or layout.get("display") == "none":
+        return ""  # e.g. a finished tqdm bar with leave=False, which a live run hides
+    children = [state.get(ref.removeprefix(MODEL_REF), {}) for ref in model.get("state", {}).get("children", [])]
+    kinds = [child.get("model_name") for child in children]
+    is_bar = len(kinds) == 3 and kinds[0] == kinds[2] == "HTMLModel" and kinds[1] in ("FloatProgressModel", "IntProgressModel")
+    if model.get("model_name") == "HBoxModel" and is_bar:
+        # tqdm.notebook: description and percentage left of the bar, counts and rate right of it, HTML-escaped and
+        # padded with U+2007 figure spaces, which split() treats as whitespace.
+        text = f"{children[0]['state'].get('value', '')} {children[2]['state'].get('value', '')}"
+        return " ".join(html.unescape(text).split())
+    labels = _descriptions(state, model_id)
+    return f"[interactive control{': ' + ', '.join(labels) if labels else ''} — run the cell to use it]"
+
+
+def _descriptions(state: dict, model_id: str) -> list[str]:
+    """The descriptions of the controls inside a widget, in display order (an Output widget has none)."""
+    model = state.get(model_id.removeprefix(MODEL_REF), {}).get("state", {})
+    if model.get("children"):
+        return [label for ref in model["children"] for label in _descriptions(state, ref)]
+    return [model["description"]] if model.get("description") else []
+
+
+def collapse_progress_streams(nb) -> None:
+    r"""Keep only what a terminal ends up showing of lines redrawn with '\r' (text tqdm bars): the text after the last
+    '\r'. nbclient stores every flush as its own stream output, so adjacent ones of one stream are merged first; its
+    ``coalesce_streams`` would also merge streams across other outputs and reorder stdout before stderr."""
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        merged = []
+        for out in cell.outputs:
+            last = merged[-1] if merged else None
+            if out.output_type == "stream" and last and last.output_type == "stream" and last.name == out.name:
+                last.text += out.text
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.output_type == "stream" and "\r" in out.text:
+                # rstrip first: a '\r\n' line ending is not a redraw.
+                out.text = "\n".join(line.rstrip("\r").rpartition("\r")[2] for line in out.text.split("\n"))
+        cell.outputs = merged
 
 
 class _PeakRSS:
@@ -120,7 +200,10 @@ def run(path: Path, smoke: bool = False, write: bool = True, timeout: int = 3600
     saved = os.environ.get("COURSE_SMOKE")
     os.environ["COURSE_SMOKE"] = "1" if smoke else "0"
     try:
-        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
+        # store_widget_state (nbclient's default, relied on): the saved state renders the widgets when the notebook is
+        # trusted, and widget_fallbacks reads it.
+        resources = {"metadata": {"path": str(path.parent)}}
+        client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=True, resources=resources)
         start = time.perf_counter()
         with _PeakRSS() as rss:
             client.execute()
@@ -141,6 +224,8 @@ def run(path: Path, smoke: bool = False, write: bool = True, timeout: int = 3600
         "cpu_count": os.cpu_count(),
     }
     if write:
+        widget_fallbacks(nb)
+        collapse_progress_streams(nb)
         nb.metadata["course"] = record
         _write(nb, path)
     return record
