@@ -222,8 +222,9 @@ def contamination() -> dict:
     The split by verse id puts repeated formulas on both sides ("Yahweh spoke to Moses, saying," is a verse dozens
     of times). A val or test verse is **dropped** when its normalised text (:func:`normalise_for_overlap`), in any
     of the course's languages, is also the text of a verse of another split, and when it repeats an earlier verse of
-    its own split; train keeps all its verses, so what pretraining reads does not change. Returns ``{"dropped": frozenset of refs, "counts": {split: {"by_id": n,
-    "dropped": n, "kept": n}}}``."""
+    its own split; train keeps all its verses, so what pretraining reads does not change.
+
+    Returns ``{"dropped": frozenset of refs, "counts": {split: {"by_id": n, "dropped": n, "kept": n}}}``."""
     split = {v.ref: split_of(v.book, v.chapter, v.verse) for v in verses(next(iter(BIBLES)))}
     dropped = set()
     for lang in BIBLES:
