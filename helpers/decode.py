@@ -6,6 +6,7 @@ The sampling functions work on a (B, V) batch of logits, one row per sequence, a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,16 @@ def _check_logits(logits) -> None:
     if not isinstance(logits, torch.Tensor) or logits.ndim != 2:
         shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ValueError(f"Expected logits shaped (batch, vocab_size), got {shape}; take logits[:, -1] of the model output.")
+
+
+def _check_finite(logits: torch.Tensor) -> None:
+    # -inf is a legitimate masked logit, so only a row whose max is not finite is wrong: it holds a NaN or a +inf,
+    # or nothing but -inf. One reduction, where argmax would quietly pick token 0 and multinomial raise an obscure error.
+    if not bool(torch.isfinite(logits.amax(dim=-1)).all()):
+        raise ValueError(
+            "the model produced non-finite logits (NaN, +inf, or -inf for every token); check for non-finite weights "
+            "(a NaN in a checkpoint) or a diverged training run."
+        )
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
@@ -57,10 +68,17 @@ def sample_next(
 
     ``temperature`` divides the logits (below 1 sharpens, above 1 flattens); ``top_k`` and ``top_p`` then drop
     unlikely tokens. Pass a seeded ``torch.Generator`` to draw the same tokens on every run.
+    Raises ValueError on logits with a NaN or +inf, or a row of nothing but -inf.
     """
     _check_logits(logits)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}.")
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, (int, float))
+        or not math.isfinite(temperature)
+        or temperature < 0
+    ):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {temperature!r}.")
+    _check_finite(logits)
     if temperature == 0:
         return logits.argmax(dim=-1)
     logits = logits.float() / temperature
@@ -121,20 +139,28 @@ def beam_search(
     :class:`helpers.model.GPT`: its KV cache is filled once per prompt, copied to the beams, and reordered with the
     surviving beams at every step, so each step feeds one token per beam.
 
-    Each step extends every live beam by every token and ranks the candidates by **total log-probability**. Per
-    prompt, an EOS candidate among the ``beam_width`` best becomes a *finished* hypothesis; the ``beam_width`` best
-    non-EOS candidates stay live. Finished hypotheses are compared by
-    :func:`normalised_score` (``length_penalty``) and the best ``beam_width`` are kept. A prompt is done once it holds
-    ``beam_width`` finished hypotheses and its best live beam, scored as it stands, does not beat the worst of them
-    (Hugging Face's default rule); after ``max_new_tokens`` the live beams compete unfinished. With
-    ``beam_width=1`` this is exactly greedy decoding.
+    Each step extends every live beam by every token and keeps the ``2 * beam_width`` candidates of highest
+    **total log-probability**. Per prompt, an EOS candidate among the ``beam_width`` best becomes a *finished*
+    hypothesis (one ranked lower is dropped); the ``beam_width`` best non-EOS candidates stay live. Finished
+    hypotheses are compared by :func:`normalised_score` (``length_penalty``; the length counts new tokens, EOS
+    included) and the best ``beam_width`` are kept. A prompt is done once it holds ``beam_width`` finished hypotheses
+    and its best live beam's total log-prob divided by (its current length) ** ``length_penalty`` is not above the
+    worst of them. That is ``transformers``' rule for ``early_stopping=False``, its default, and a heuristic: with
+    ``length_penalty > 0`` a longer continuation could still have scored better. After ``max_new_tokens`` the live
+    beams compete unfinished. With ``beam_width=1`` this is exactly greedy decoding; ``max_new_tokens=0`` gives an
+    empty, unfinished hypothesis (score 0) per prompt. A model output with NaN or +inf raises a ValueError.
+
+    These are the choices of ``generate(num_beams=beam_width, do_sample=False, early_stopping=False,
+    length_penalty=..., num_return_sequences=1)`` in transformers 5, whose tokens and scores ours match
+    (tests/test_decode_beam.py); older releases also counted the prompt in the length, which changes the scores
+    when ``length_penalty`` is not 0.
     """
     from helpers.model import KVCache
 
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
         raise ValueError(f"beam_width must be a positive integer, got {beam_width!r}.")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}.")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)):
         raise ValueError(f"length_penalty must be a number (0: total log-prob, 1: mean per token), got {length_penalty!r}.")
     device = next(model.parameters()).device
@@ -148,16 +174,21 @@ def beam_search(
     B, T = prompt_ids.shape
     k = beam_width
     V = model.config.vocab_size
+    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < V):
+        raise ValueError(f"eos_id must be a token id in [0, {V}) or None, got {eos_id!r}.")
     if T + max_new_tokens > model.config.block_size:
         raise ValueError(
             f"Prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) is more than block_size={model.config.block_size}; "
             "lower max_new_tokens or shorten the prompts."
         )
+    if max_new_tokens == 0:
+        return [Hypothesis([], 0.0, False) for _ in range(B)]
     was_training = model.training
     model.eval()
     try:
         cache = KVCache(model.config, B, T + max_new_tokens)
         logits, _ = model(prompt_ids, attention_mask=attention_mask, cache=cache)
+        _check_finite(logits[:, -1])
         cache.reorder(torch.arange(B, device=device).repeat_interleave(k))  # every beam starts from its prompt's cache
         log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1).repeat_interleave(k, dim=0)  # (B*k, V)
         # Only beam 0 of each prompt is live at first; the others start at -inf so the k first beams differ.
@@ -168,7 +199,8 @@ def beam_search(
         done = [False] * B
         for step in range(1, max_new_tokens + 1):
             cand = (beam_scores[:, :, None] + log_probs.view(B, k, V)).view(B, k * V)
-            n_cand = min(k + 1, k * V)  # k + 1 candidates always hold k that are not EOS (one EOS per beam at most)
+            # Each beam has one EOS candidate, so at most k of the 2k best are EOS and k live beams always remain.
+            n_cand = min(2 * k, k * V)
             top_scores, top_flat = cand.topk(n_cand, dim=-1)
             top_beam, top_tok = top_flat // V, top_flat % V
             next_scores = torch.full((B, k), float("-inf"), device=device)
@@ -199,6 +231,7 @@ def beam_search(
             tokens = torch.cat([kept, next_tok[:, :, None]], dim=2)
             cache.reorder((next_beam + torch.arange(B, device=device)[:, None] * k).view(-1))
             logits, _ = model(next_tok.view(B * k, 1), cache=cache)
+            _check_finite(logits[:, -1])
             log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
     finally:
         model.train(was_training)

@@ -282,3 +282,34 @@ def test_sample_next_greedy_and_seeded():
     assert all(draws[0][i] in top5[i] for i in range(4))
     with pytest.raises(ValueError, match="temperature"):
         sample_next(logits, temperature=-1)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf row"])
+def test_sample_next_refuses_non_finite_logits(bad):
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    if bad == "-inf row":
+        logits[1] = float("-inf")
+    else:
+        logits[1, 4] = float(bad)
+    for temperature in (0, 1.0):  # greedy would pick the NaN or inf, sampling would fail inside multinomial
+        with pytest.raises(ValueError, match="non-finite logits"):
+            sample_next(logits, temperature)
+
+
+def test_sample_next_accepts_masked_logits_and_refuses_non_finite_temperature():
+    logits = torch.randn(3, 10, generator=torch.Generator().manual_seed(0))
+    logits[:, :6] = float("-inf")  # masked tokens, as top-k or a grammar would leave them
+    assert torch.equal(sample_next(logits, 0), logits.argmax(-1))
+    assert (sample_next(logits, 1.0, generator=torch.Generator().manual_seed(0)) >= 6).all()
+    for temperature in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number"):
+            sample_next(logits, temperature)
+
+
+def test_generate_with_a_nan_weight_says_so():
+    broken = tiny()
+    with torch.no_grad():
+        broken.transformer.h[0].attn.c_proj.weight[3, 5] = float("nan")  # as a corrupted checkpoint would
+    for temperature in (0.0, 1.0):
+        with pytest.raises(ValueError, match="diverged training run"):
+            broken.generate(tokens(2, 5), 4, temperature=temperature)
