@@ -4,8 +4,8 @@ The recipe: the course tokenizer (:func:`helpers.tokenizers.course_tokenizer`), 
 trained with :func:`train_config` on random windows of ``BATCH_SIZE`` of the train verses of both languages
 (:func:`token_streams`), evaluated on the validation verses.
 
-- :func:`pretrain` runs the recipe and saves the model to ``artifact_dir("pretrained")``, with a fingerprint of
-  the recipe and the tokenizer in its ``config.json``.
+- :func:`pretrain` runs the recipe and saves the model as the checkpoint ``artifact_dir("pretrained")`` (see
+  :mod:`helpers.checkpoint`), with a fingerprint of the recipe and the tokenizer in its ``config.json``.
 - :func:`load_pretrained` loads that checkpoint if it fits the current recipe and tokenizer, and otherwise trains
   it (saying so in one line), so a later chapter runs even if chapter 04 was never run.
 - :func:`complete` continues a prompt the way the model saw verses in training (after an end-of-text token).
@@ -20,10 +20,11 @@ from dataclasses import asdict, replace
 import torch
 
 from helpers.batches import RandomWindows, eval_batches
+from helpers.checkpoint import CheckpointError, NoCheckpointError, load_model_state, read_config, save_model
 from helpers.env import MODE, artifact_dir, get_device, pick, set_seed
 from helpers.model import GPT, GPTConfig
 from helpers.tokenizers import CourseTokenizer, course_tokenizer
-from helpers.train import CheckpointError, TrainConfig, Trainer, load_model_state, read_config, save_model
+from helpers.train import TrainConfig, Trainer
 
 #: Windows per training batch, and validation batches per evaluation (spread over both languages).
 BATCH_SIZE = pick(smoke=8, full=32)
@@ -174,18 +175,18 @@ def pretrain(tokenizer: CourseTokenizer | None = None, device=None, live_plot: b
 
 def _read_checkpoint(path, tokenizer: CourseTokenizer) -> tuple[GPT | None, str]:
     """The model of the checkpoint in ``path`` if it fits the current recipe, else None and why not."""
-    if not (path / "config.json").exists():
-        return None, "none found (chapter 04 saves it)"
     try:
-        config = read_config(path)
-        mcfg = GPTConfig(**config["model"])
-        expected = fingerprint(tokenizer, model_config(tokenizer.vocab_size), train_config(), train_config().max_steps)
-        if config.get("fingerprint") != expected or mcfg != model_config(tokenizer.vocab_size):
-            return None, "the one found was trained with another recipe or tokenizer"
-        model = GPT(mcfg)
-        load_model_state(model, path)
-    except (CheckpointError, KeyError, TypeError, ValueError) as err:
-        return None, f"the one found is unreadable ({str(err)[:200]})"
+        model = GPT(GPTConfig(**read_config(path)["model"]))
+        config = load_model_state(model, path)  # the config of the very weights loaded, should a save come between
+    except NoCheckpointError:
+        return None, "none found (chapter 04 saves it)"
+    except CheckpointError as err:  # corrupt, incomplete, non-finite weights, or of another layout
+        return None, f"the one found is unusable ({str(err).rstrip('.')})"
+    except (KeyError, TypeError, ValueError) as err:
+        return None, f"the one found has a config this code cannot read ({err!r})"
+    expected = fingerprint(tokenizer, model_config(tokenizer.vocab_size), train_config(), train_config().max_steps)
+    if config.get("fingerprint") != expected or model.config != model_config(tokenizer.vocab_size):
+        return None, "the one found was trained with another recipe or tokenizer"
     return model, ""
 
 
@@ -193,7 +194,8 @@ def load_pretrained(device=None) -> tuple[GPT, CourseTokenizer]:
     """The pretrained model (in eval mode, on ``device``) and its tokenizer.
 
     Loads ``artifact_dir("pretrained")`` if it holds a checkpoint of the current recipe and tokenizer; otherwise
-    (none there, a stale or a corrupt one) prints one line saying why and trains it with :func:`pretrain`.
+    (none there, a stale one, or one that is corrupt or holds NaN weights) prints one line saying why and trains it
+    with :func:`pretrain`.
     """
     tokenizer = course_tokenizer()
     device = get_device(verbose=False) if device is None else torch.device(device)

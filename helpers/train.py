@@ -1,4 +1,4 @@
-"""The training loop every chapter reuses, and checkpoints that never unpickle.
+"""The training loop every chapter reuses.
 
 :class:`Trainer` trains any ``nn.Module`` whose ``forward`` returns ``(logits, loss)`` (or an object with a
 ``.loss``, as Hugging Face models do) on batches it asks for by step number:
@@ -17,49 +17,33 @@ Optimizer: AdamW with two parameter groups (:func:`decay_groups`); learning rate
 decay (:func:`lr_at`); gradient clipping; mixed precision on GPUs (bf16, or fp16 with a gradient scaler);
 fused AdamW on CUDA; optional ``torch.compile``; early stopping; a NaN guard (:class:`NonFiniteLossError`).
 
-A checkpoint is a folder: ``model.safetensors`` + ``config.json`` (the weights, with tied weights stored once,
-and the model's config; :func:`save_model` writes just these, :func:`load_model_state` reads them from any
-checkpoint), plus for a trainer ``trainer.safetensors`` (optimizer tensors, RNG states, best weights) and
-``trainer.json`` (everything else: step, history, optimizer and scaler settings, Python/NumPy RNG states).
-Folders are written under a temporary name and renamed, so an interruption never leaves a half-written one.
+Checkpoints (``checkpoint_dir``, :meth:`Trainer.save` and :meth:`Trainer.load`) are written and read by
+:mod:`helpers.checkpoint`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import os
-import random
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, is_dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from helpers.checkpoint import load_trainer, save_model, save_trainer
 from helpers.env import autocast, autocast_dtype, set_seed
 
-FORMAT = "gpt-inside-and-out/checkpoint"
-FORMAT_VERSION = 1
-MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
-STATE_FILE, TRAINER_FILE = "trainer.safetensors", "trainer.json"
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-_TRAINER_KEYS = ("step", "best_val", "best_step", "bad_evals", "stopped_early", "elapsed_s", "optimizer", "scaler", "rng",
-                 "history")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint folder is missing, incomplete, corrupt, or does not fit the model it is loaded into."""
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss (or the gradient norm) became NaN or infinite; ``step`` is the step at which it happened."""
+    """The loss (or the gradient norm) became NaN or infinite; ``step`` is the step at which it happened.
+
+    The message names the cause when a cheap check finds it (a NaN or infinite weight, a batch whose targets are
+    all ignored), else the learning rate, and which checkpoint is kept."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -168,164 +152,6 @@ class History(list):
         return pd.DataFrame(list(self), columns=list(self.COLUMNS)).astype(float).astype({"step": int})
 
 
-# ---- checkpoint files -------------------------------------------------------------------------------------
-
-
-def _config_dict(config) -> dict:
-    if config is None:
-        return {}
-    if is_dataclass(config):
-        return asdict(config)
-    if hasattr(config, "to_dict"):
-        return config.to_dict()
-    return dict(config)
-
-
-def _write_folder(path: Path, write_files) -> Path:
-    """Write a checkpoint folder atomically: ``write_files(tmp)`` fills a temporary folder, then it is renamed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    for stale in (tmp, old):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        write_files(tmp)
-        if path.exists():
-            os.replace(path, old)  # a folder cannot be renamed over a non-empty one
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.write_text(json.dumps(data, indent=1))
-
-
-def _unique_tensors(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Split a state dict into one copy of each tensor and ``{alias: name}`` for the tensors that share storage
-    with an earlier one (tied weights such as ``lm_head.weight`` and ``transformer.wte.weight``)."""
-    unique, aliases, seen = {}, {}, {}
-    for name, t in state.items():
-        key = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, tuple(t.shape), tuple(t.stride()))
-        if t.numel() and key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-            unique[name] = t.detach().cpu().contiguous()
-    return unique, aliases
-
-
-def _model_files(model: torch.nn.Module, config) -> Callable[[Path], None]:
-    tensors, aliases = _unique_tensors(model.state_dict())
-    meta = {"format": FORMAT, "version": FORMAT_VERSION, "config": _config_dict(config), "aliases": aliases}
-
-    def write(folder: Path) -> None:
-        save_file(tensors, str(folder / MODEL_FILE))
-        _write_json(folder / CONFIG_FILE, meta)
-
-    return write
-
-
-def save_model(model: torch.nn.Module, path, config=None) -> Path:
-    """Save the weights and ``config`` (a dict or dataclass; default: ``model.config``) to the folder ``path``.
-
-    The folder gets ``model.safetensors`` and ``config.json``; tied weights are stored once. Read it back with
-    :func:`read_config` (to build the model) and :func:`load_model_state`.
-    """
-    return _write_folder(path, _model_files(model, getattr(model, "config", None) if config is None else config))
-
-
-def _read_json(path: Path, name: str, what: str = "Use another checkpoint.") -> dict:
-    file = path / name
-    if not file.is_file():
-        raise CheckpointError(f"The checkpoint {path} is incomplete: {name} is missing. {what}")
-    try:
-        meta = json.loads(file.read_text())
-    except (ValueError, OSError) as e:
-        raise CheckpointError(f"{name} in {path} is not valid JSON ({e}): the file is corrupt; use another checkpoint.") from e
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{name} in {path} was not written by this course's helpers (no '{FORMAT}' format field): it is a "
-            "checkpoint of another program. Save checkpoints with helpers.train (save_model or Trainer.save)."
-        )
-    if meta.get("version") != FORMAT_VERSION:
-        raise CheckpointError(f"{name} in {path} has format version {meta.get('version')}, this code reads {FORMAT_VERSION}.")
-    return meta
-
-
-def _read_tensors(path: Path, name: str) -> dict[str, torch.Tensor]:
-    file = path / name
-    if not file.is_file():
-        raise CheckpointError(f"The checkpoint {path} is incomplete: {name} is missing. Use another checkpoint.")
-    try:
-        return load_file(str(file), device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise CheckpointError(
-            f"{name} in {path} is not a readable safetensors file ({e}): it is truncated or corrupt; use another checkpoint."
-        ) from e
-
-
-def _check_folder(path) -> Path:
-    path = Path(path)
-    if not path.is_dir():
-        raise CheckpointError(
-            f"No checkpoint at {path}: expected a folder holding {MODEL_FILE} and {CONFIG_FILE} (written by save_model "
-            "or Trainer.save). Check the path, or train first."
-        )
-    return path
-
-
-def read_config(path) -> dict:
-    """The model config stored in the checkpoint folder ``path`` (to build the model before loading weights)."""
-    return _read_json(_check_folder(path), CONFIG_FILE)["config"]
-
-
-def _fitted_state(model: torch.nn.Module, path: Path) -> tuple[dict, dict]:
-    """Read a checkpoint's weights and check they fit ``model``; returns (state dict, config)."""
-    meta = _read_json(path, CONFIG_FILE)
-    tensors = _read_tensors(path, MODEL_FILE)
-    for alias, name in meta.get("aliases", {}).items():
-        if name not in tensors:
-            raise CheckpointError(
-                f"{CONFIG_FILE} in {path} ties {alias} to {name}, which {MODEL_FILE} lacks: the checkpoint is corrupt."
-            )
-        tensors[alias] = tensors[name]
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in tensors]
-    unexpected = [k for k in tensors if k not in expected]
-    shapes = [
-        f"{k} {tuple(tensors[k].shape)} in the checkpoint vs {tuple(v.shape)} in the model"
-        for k, v in expected.items()
-        if k in tensors and tensors[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        parts = [f"missing {_few(missing)}" * bool(missing), f"unexpected {_few(unexpected)}" * bool(unexpected), _few(shapes)]
-        raise CheckpointError(
-            f"The checkpoint {path} does not fit this model: {'; '.join(p for p in parts if p)}. It was saved from "
-            f"another model or config (its config: {meta['config']}); build the model with read_config(path)."
-        )
-    return tensors, meta["config"]
-
-
-def _few(items: list[str], n: int = 5) -> str:
-    return ", ".join(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
-
-
-def load_model_state(model: torch.nn.Module, path) -> dict:
-    """Load the weights of the checkpoint folder ``path`` into ``model`` and return the stored config.
-
-    Works on :func:`save_model` folders and on trainer checkpoints. Raises :class:`CheckpointError` naming what is
-    missing, corrupt or mismatched. Tied weights stay tied (both names are filled from the one stored copy).
-    """
-    tensors, config = _fitted_state(model, _check_folder(path))
-    model.load_state_dict(tensors)
-    return config
-
-
 # ---- the trainer ------------------------------------------------------------------------------------------
 
 
@@ -399,7 +225,7 @@ class Trainer:
         self._bad_evals = 0
         self._best_weights: dict[str, torch.Tensor] | None = None
         self._elapsed = 0.0
-        self._saved: tuple[Path, int] | None = None  # the last checkpoint this trainer wrote: (folder, step)
+        self._saved: tuple[Path, int] | None = None  # (folder, step) of the checkpoint last written or loaded
 
     # -- one step ------------------------------------------------------------------------------------------
 
@@ -414,19 +240,53 @@ class Trainer:
             )
         return loss.float()
 
-    def _stop(self, what: str, value: float, step: int, updated: bool) -> NonFiniteLossError:
-        kept = (
-            f"The last good checkpoint, from step {self._saved[1]}, is kept in {self._saved[0]}."
-            if self._saved
-            else "No checkpoint was written (set checkpoint_dir to keep one)."
-        )
+    def _stop(self, what: str, value: float, step: int, updated: bool, batches) -> NonFiniteLossError:
+        """The error for a non-finite ``what``; ``batches``: ``(label, batch)`` pairs of the batches it came from."""
         when = "after" if updated else "at"
         note = "" if updated else " Training stopped before updating the weights with it."
         return NonFiniteLossError(
-            f"The {what} is {value} {when} step {step} (lr {lr_at(step - 1, self.cfg):.2e}).{note} {kept} "
-            "Try a lower lr, a longer warm-up or gradient clipping.",
+            f"The {what} is {value} {when} step {step} (lr {lr_at(step - 1, self.cfg):.2e}).{note} "
+            f"{self._cause(batches, updated)} {self._kept()}",
             step=step,
         )
+
+    def _cause(self, batches, updated: bool) -> str:
+        """The cause of a non-finite loss as far as cheap checks tell, the learning rate by elimination."""
+        bad = [name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            since = "since this step's update" if updated else "from before this step: as built or loaded, or an earlier update"
+            names = ", ".join(bad[:3]) + (" and more" if len(bad) > 3 else "")
+            return (
+                f"Cause: NaN or inf values in the weights {names} ({since}); "
+                "start again from a fresh model or a good checkpoint, with a lower lr or gradient clipping."
+            )
+        for label, batch in batches:
+            values = batch.values() if isinstance(batch, dict) else batch
+            if any(isinstance(v, torch.Tensor) and not v.is_floating_point() and v.numel() and bool((v == -100).all())
+                   for v in values):
+                return (
+                    f"Cause: every target of {label} is -100 (ignored), so its mean loss is 0/0; give every batch at "
+                    "least one target that counts (check how the targets are masked)."
+                )
+        return (
+            "No weight is NaN or inf and no batch has all its targets ignored (-100), so the likely cause is the "
+            "learning rate: try a lower lr, a longer warm-up or gradient clipping."
+        )
+
+    def _kept(self) -> str:
+        if self._saved:
+            return f"The last good checkpoint, from step {self._saved[1]}, is kept in {self._saved[0]}."
+        if self.cfg.checkpoint_dir is None:
+            return "No checkpoint is kept (set checkpoint_dir to keep one)."
+        folder, every = Path(self.cfg.checkpoint_dir), self.cfg.checkpoint_every or self.cfg.eval_every
+        kept = f"This run had not written {folder / 'last'} yet (every {every} steps)"
+        if self.best_step is not None:
+            kept += f"; {folder / 'best'} holds the weights of step {self.best_step}"
+        return kept + "."
+
+    def _micro_batches(self):
+        first = self.step * self.cfg.grad_accum
+        return ((f"training micro-batch {i}", self.train_batches(i)) for i in range(first, first + self.cfg.grad_accum))
 
     def _train_step(self) -> dict:
         cfg = self.cfg
@@ -445,14 +305,14 @@ class Trainer:
             (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         train_loss = loss_sum.item() / cfg.grad_accum
         if not math.isfinite(train_loss):
-            raise self._stop("training loss", train_loss, self.step + 1, updated=False)
+            raise self._stop("training loss", train_loss, self.step + 1, False, self._micro_batches())
         grad_norm = None
         if cfg.grad_clip is not None:
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip).item()
             if self.scaler is None and not math.isfinite(grad_norm):  # the scaler skips such steps itself
-                raise self._stop("gradient norm", grad_norm, self.step + 1, updated=False)
+                raise self._stop("gradient norm", grad_norm, self.step + 1, False, self._micro_batches())
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -532,7 +392,8 @@ class Trainer:
                 if evaluated:
                     row["val_loss"] = self.evaluate()
                     if not math.isfinite(row["val_loss"]):
-                        raise self._stop("validation loss", row["val_loss"], self.step, updated=True)
+                        val = ((f"validation batch {j}", b) for j, b in enumerate(self.val_batches))
+                        raise self._stop("validation loss", row["val_loss"], self.step, True, val)
                     self._track_best(row["val_loss"])
                 self._elapsed = elapsed_before + time.perf_counter() - started
                 row["elapsed_s"] = self._elapsed
@@ -558,126 +419,18 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------------------------
 
-    def _names(self) -> list[list[str]]:
-        return [list(g["names"]) for g in self.optimizer.param_groups]
-
     def save(self, path) -> Path:
-        """Save the whole training state to the folder ``path`` (atomically); :meth:`load` resumes from it."""
-        tensors, values = {}, {}
-        for group in self.optimizer.param_groups:
-            for name, p in zip(group["names"], group["params"]):
-                for key, v in self.optimizer.state.get(p, {}).items():
-                    if isinstance(v, torch.Tensor):
-                        tensors[f"optimizer.{name}.{key}"] = v.detach().cpu().contiguous()
-                    else:
-                        values.setdefault(name, {})[key] = v
-        tensors["rng.torch"] = torch.get_rng_state()
-        if torch.cuda.is_available():
-            for i, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = state
-        for name, t in (self._best_weights or {}).items():
-            tensors[f"best.{name}"] = t
-        np_state = np.random.get_state()
-        py_state = random.getstate()
-        meta = {
-            "format": FORMAT,
-            "version": FORMAT_VERSION,
-            "step": self.step,
-            "best_val": self.best_val,
-            "best_step": self.best_step,
-            "bad_evals": self._bad_evals,
-            "stopped_early": self.stopped_early,
-            "elapsed_s": self._elapsed,
-            "train_config": asdict(self.cfg),
-            "optimizer": {"groups": self._names(), "state": values},
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": {
-                "python": [py_state[0], list(py_state[1]), py_state[2]],
-                "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-            },
-            "history": list(self.history),
-        }
-        write_model = _model_files(self.model, getattr(self.model, "config", None))
-
-        def write(folder: Path) -> None:
-            write_model(folder)
-            save_file(tensors, str(folder / STATE_FILE))
-            _write_json(folder / TRAINER_FILE, meta)
-
-        path = _write_folder(path, write)
+        """Save the whole training state as the checkpoint ``path`` (atomically); :meth:`load` resumes from it."""
+        path = save_trainer(self, path)
         self._saved = (path, self.step)
         return path
 
     def load(self, path) -> Trainer:
-        """Resume from a :meth:`save` folder: weights, optimizer, scaler, RNG states, step, history, best.
+        """Resume from a :meth:`save` checkpoint: weights, optimizer, scaler, RNG states, step, history, best.
 
         Create the model and the Trainer as for the original run, then ``trainer.load(path).fit()``: on the CPU
         the result is bit for bit that of the uninterrupted run. Everything is checked before anything changes.
         """
-        path = _check_folder(path)
-        weights_only = "It holds weights only: load them with load_model_state, or use a Trainer.save folder."
-        meta = _read_json(path, TRAINER_FILE, weights_only)
-        missing = [k for k in _TRAINER_KEYS if k not in meta]
-        if missing:
-            raise CheckpointError(f"{TRAINER_FILE} in {path} lacks {missing}: the checkpoint is corrupt.")
-        weights, _ = _fitted_state(self.model, path)
-        tensors = _read_tensors(path, STATE_FILE)
-        optimizer_state = self._optimizer_state(meta["optimizer"], tensors, path)
-        if "rng.torch" not in tensors:
-            raise CheckpointError(f"{STATE_FILE} in {path} lacks the torch RNG state: the checkpoint is corrupt.")
-        try:
-            py, npy = meta["rng"]["python"], meta["rng"]["numpy"]
-            py_state, np_state = (py[0], tuple(py[1]), py[2]), (npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:])
-            history = History(meta["history"])
-        except (TypeError, KeyError, IndexError, ValueError) as e:
-            raise CheckpointError(
-                f"{TRAINER_FILE} in {path} has a malformed RNG state or history ({e!r}): the checkpoint is corrupt."
-            ) from e
-
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(optimizer_state)
-        if self.scaler is not None and meta["scaler"]:
-            self.scaler.load_state_dict(meta["scaler"])
-        best = {k.removeprefix("best."): t for k, t in tensors.items() if k.startswith("best.")}
-        self._best_weights = best or None
-        self.step, self.best_val, self.best_step = meta["step"], meta["best_val"], meta["best_step"]
-        self._bad_evals, self.stopped_early, self._elapsed = meta["bad_evals"], meta["stopped_early"], meta["elapsed_s"]
-        self.history = history
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-        if cuda_states:
-            torch.cuda.set_rng_state_all(cuda_states)
-        self._saved = (path, self.step)
+        load_trainer(self, path)
+        self._saved = (Path(path), self.step)
         return self
-
-    def _optimizer_state(self, saved: dict, tensors: dict, path: Path) -> dict:
-        """Rebuild ``optimizer.state_dict()`` from a checkpoint's by-name optimizer state, checking it fits."""
-        if saved.get("groups") != self._names():
-            ours = {n for g in self._names() for n in g}
-            theirs = {n for g in saved.get("groups", []) for n in g}
-            raise CheckpointError(
-                f"The optimizer state in {path} does not fit this model's trainable parameters (missing "
-                f"{_few(sorted(ours - theirs)) or 'none'}, unexpected {_few(sorted(theirs - ours)) or 'none'}, or grouped "
-                "differently): it was saved from another model, or with other parameters frozen."
-            )
-        by_name: dict[str, dict] = {name: dict(v) for name, v in saved.get("state", {}).items()}
-        for key, t in tensors.items():
-            if key.startswith("optimizer."):
-                name, entry = key.removeprefix("optimizer.").rsplit(".", 1)
-                by_name.setdefault(name, {})[entry] = t
-        current = self.optimizer.state_dict()
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        names = [n for g in self._names() for n in g]
-        state = {}
-        for i, (name, p) in enumerate(zip(names, params)):
-            if name in by_name:
-                for entry, t in by_name[name].items():
-                    if isinstance(t, torch.Tensor) and t.dim() > 0 and t.shape != p.shape:
-                        raise CheckpointError(
-                            f"The optimizer state {entry} of {name} in {path} has shape {tuple(t.shape)}, the parameter "
-                            f"{tuple(p.shape)}: the checkpoint is from another model."
-                        )
-                state[i] = by_name[name]
-        return {"state": state, "param_groups": current["param_groups"]}

@@ -1,7 +1,6 @@
 """helpers.pretrain: the token streams, and a pretrained checkpoint that is trained when absent, loaded when it fits,
-retrained when stale or corrupt; generation with and without the KV cache agrees on the trained model."""
+retrained when stale, corrupt or non-finite; generation with and without the KV cache agrees on the trained model."""
 
-import json
 import shutil
 from dataclasses import replace
 
@@ -9,6 +8,7 @@ import pytest
 import torch
 
 from helpers import pretrain
+from helpers.checkpoint import current_version, read_config, save_model
 from helpers.data import corpus_text
 from helpers.env import artifact_dir
 from helpers.tokenizers import course_tokenizer
@@ -51,10 +51,10 @@ def test_token_streams_join_verses_with_end_of_text(cache):
 
 
 def test_load_pretrained_trains_when_absent_then_loads_the_same_weights(cache, capsys):
-    assert not (cache / "config.json").exists()
+    assert not (cache / "checkpoint.json").exists()
     model, tok = pretrain.load_pretrained("cpu")
     assert "none found" in capsys.readouterr().out
-    saved = json.loads((cache / "config.json").read_text())["config"]
+    saved = read_config(cache)
     assert saved["vocab_size"] == tok.vocab_size and saved["steps"] == TINY.max_steps
     assert saved["val_loss"] < 6.0  # below ln(512) = 6.24, the loss of knowing nothing
 
@@ -64,6 +64,11 @@ def test_load_pretrained_trains_when_absent_then_loads_the_same_weights(cache, c
     assert again.lm_head.weight is again.transformer.wte.weight  # the tie survives the round trip
 
 
+def only_line(out: str) -> str:
+    assert out.count("\n") == 1, out
+    return out
+
+
 def test_a_stale_or_corrupt_checkpoint_is_retrained(cache, capsys, monkeypatch):
     first, _ = pretrain.load_pretrained("cpu")
     monkeypatch.setattr(pretrain, "train_config", lambda: replace(TINY, lr=1e-3))  # the recipe changed
@@ -71,13 +76,29 @@ def test_a_stale_or_corrupt_checkpoint_is_retrained(cache, capsys, monkeypatch):
     assert "another recipe" in capsys.readouterr().out
     assert not _same_weights(first, second)
 
-    weights = cache / "model.safetensors"
+    weights = current_version(cache) / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])  # a truncated file
     third, _ = pretrain.load_pretrained("cpu")
-    assert "unreadable" in capsys.readouterr().out
+    line = only_line(capsys.readouterr().out)
+    assert "unusable (model.safetensors in" in line and "fails its SHA-256 check" in line and "training it now" in line
     assert _same_weights(second, third)  # the same recipe retrained gives the same weights
-    assert sorted(p.name for p in cache.iterdir()) == ["config.json", "model.safetensors"]
-    assert [p.name for p in cache.parent.iterdir() if p.name.startswith(".")] == []  # no half-written folder left
+    version = current_version(cache)
+    assert sorted(p.name for p in cache.iterdir()) == ["checkpoint.json", version.name]  # no half-written folder left
+    assert sorted(p.name for p in version.iterdir()) == ["config.json", "model.safetensors"]
+
+
+def test_a_checkpoint_with_nan_weights_is_retrained(cache, capsys):
+    model, tok = pretrain.load_pretrained("cpu")
+    good = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.transformer.wte.weight.fill_(float("nan"))  # a diverged model, saved with valid checksums
+    save_model(model, cache, config=read_config(cache))
+    capsys.readouterr()
+    again, _ = pretrain.load_pretrained("cpu")
+    line = only_line(capsys.readouterr().out)
+    assert "unusable (model.safetensors in" in line and "non-finite values (NaN or inf) in transformer.wte.weight" in line
+    assert all(torch.equal(good[k], v) for k, v in again.state_dict().items())  # retrained, not loaded
+    assert pretrain.complete(again, tok, "In the beginning", max_new_tokens=10)
 
 
 def test_a_partly_trained_checkpoint_is_stale(cache, capsys):

@@ -1,33 +1,20 @@
-"""helpers.train and helpers.plots on tiny models: the loop learns, resumes bit for bit, stops safely, and its
-checkpoints round-trip and fail clearly."""
+"""helpers.train and helpers.plots on tiny models: the loop learns, resumes bit for bit, and stops safely, naming
+why (helpers.checkpoint has its own tests)."""
 
-import json
 import math
 import random
-import shutil
 
 import matplotlib
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors import safe_open
 from torch import nn
 
 from helpers.batches import RandomWindows, eval_batches
+from helpers.checkpoint import load_model_state
 from helpers.env import set_seed
-from helpers.train import (
-    CheckpointError,
-    History,
-    NonFiniteLossError,
-    TrainConfig,
-    Trainer,
-    decay_groups,
-    load_model_state,
-    lr_at,
-    read_config,
-    save_model,
-)
+from helpers.train import History, NonFiniteLossError, TrainConfig, Trainer, decay_groups, lr_at
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -184,20 +171,6 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path):
     assert resumed.history[-1]["elapsed_s"] > resumed.history[5]["elapsed_s"]
 
 
-def test_trainer_checkpoint_holds_optimizer_and_rng_state_as_tensors(tmp_path):
-    trainer = make_trainer(max_steps=3, checkpoint_dir=tmp_path)
-    trainer.fit()
-    folder = tmp_path / "last"
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "trainer.json", "trainer.safetensors"]
-    with safe_open(str(folder / "trainer.safetensors"), "pt") as f:
-        keys = set(f.keys())
-    assert {"optimizer.wte.weight.exp_avg", "optimizer.wte.weight.exp_avg_sq", "optimizer.wte.weight.step", "rng.torch"} <= keys
-    assert not any(k.startswith("optimizer.lm_head.weight") for k in keys)  # tied: one state
-    meta = json.loads((folder / "trainer.json").read_text())
-    assert meta["step"] == 3 and meta["train_config"]["max_steps"] == 3 and len(meta["history"]) == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best", "last"]  # no temporary folders left behind
-
-
 def test_early_stopping_keeps_the_best_weights(tmp_path):
     class Scalar(nn.Module):
         """Training pulls w towards 3; the validation loss is lowest at w = 1 and rises past it."""
@@ -227,116 +200,60 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
     assert trainer.step == trainer.best_step + 6  # a stopped run does not go on
 
 
-def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+def poisoned_from(i_bad, poison):
+    """The tiny task's training batches, with ``poison(x, y) -> batch`` from micro-batch ``i_bad`` on."""
     windows = RandomWindows(TOKENS, block_size=8, batch_size=4, seed=0)
+    return lambda i: poison(*windows(i)) if i >= i_bad else windows(i)
 
-    def poisoned(i):
-        x, y = windows(i)
-        return {"idx": x, "targets": y, "loss_scale": float("nan") if i >= 6 else 1.0}
 
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    poisoned = poisoned_from(6, lambda x, y: {"idx": x, "targets": y, "loss_scale": float("nan")})
     trainer = make_trainer(train_batches=poisoned, max_steps=20, checkpoint_dir=tmp_path, checkpoint_every=2)
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 7 .*from step 6") as err:
+    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 7 .*likely cause is the learning rate.*"
+                                                  r"The last good checkpoint, from step 6") as err:
         trainer.fit()
     assert err.value.step == 7 and trainer.step == 6
-    assert json.loads((tmp_path / "last" / "trainer.json").read_text())["step"] == 6
     good = TinyLM()
     load_model_state(good, tmp_path / "last")
     for (name, p), q in zip(good.named_parameters(), trainer.model.parameters()):
         assert torch.isfinite(p).all() and torch.equal(p, q), name  # the NaN step changed no weight
-    make_trainer(checkpoint_dir=tmp_path).load(tmp_path / "last")  # and the checkpoint resumes
+    assert make_trainer(checkpoint_dir=tmp_path).load(tmp_path / "last").step == 6  # and the checkpoint resumes
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------------------
+def all_ignored(x, y):
+    return x, torch.full_like(y, -100)
 
 
-def test_save_model_stores_tied_weights_once_and_reties_them(tmp_path):
-    set_seed(0)
-    model = TinyLM()
-    save_model(model, tmp_path / "m")
-    save_model(model, tmp_path / "m")  # overwriting an existing folder works
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
-    with safe_open(str(tmp_path / "m" / "model.safetensors"), "pt") as f:
-        assert "lm_head.weight" not in f.keys() and "wte.weight" in f.keys()
-    assert json.loads((tmp_path / "m" / "config.json").read_text())["aliases"] == {"lm_head.weight": "wte.weight"}
-    assert read_config(tmp_path / "m") == model.config
-
-    set_seed(1)
-    other = TinyLM()
-    assert load_model_state(other, tmp_path / "m") == model.config
-    for (name, p), q in zip(model.state_dict().items(), other.state_dict().values()):
-        assert torch.equal(p, q), name
-    assert other.lm_head.weight.data_ptr() == other.wte.weight.data_ptr()
-
-
-@pytest.fixture
-def saved(tmp_path):
-    trainer = make_trainer(max_steps=3, checkpoint_dir=tmp_path / "run")
-    trainer.fit()
-    return tmp_path / "run" / "last"
-
-
-def broken_copy(saved, name, damage):
-    folder = saved.parent / f"broken-{name}"
-    shutil.copytree(saved, folder)
-    damage(folder / name)
-    return folder
+def nan_in_a_weight(trainer):
+    with torch.no_grad():
+        trainer.model.mlp.weight[0, 0] = float("nan")
 
 
 @pytest.mark.parametrize(
-    ("name", "damage", "message"),
+    ("overrides", "spoil", "message"),
     [
-        ("model.safetensors", lambda f: f.unlink(), "incomplete: model.safetensors is missing"),
-        ("model.safetensors", lambda f: f.write_bytes(f.read_bytes()[:-100]), "model.safetensors .* truncated or corrupt"),
-        ("model.safetensors", lambda f: f.write_bytes(bytes(range(256)) * 4), "not a readable safetensors file"),
-        ("config.json", lambda f: f.write_text('{"format": '), "config.json .* not valid JSON"),
-        ("config.json", lambda f: f.write_text('{"model_type": "gpt2"}'), "not written by this course's helpers"),
-        ("config.json", lambda f: f.unlink(), "config.json is missing"),
+        ({"train_batches": poisoned_from(6, all_ignored)}, None,
+         r"training loss is nan at step 7 .* every target of training micro-batch 6 is -100 \(ignored\)"),
+        ({"val": [VAL[0], all_ignored(*VAL[1])]}, None,
+         r"validation loss is nan after step 3 .* every target of validation batch 1"),
+        ({}, nan_in_a_weight, r"training loss is nan at step 1 .* NaN or inf values in the weights mlp.weight \(from before"),
     ],
+    ids=["ignored-train-targets", "ignored-val-targets", "nan-weight"],
 )
-def test_damaged_checkpoints_fail_clearly(saved, name, damage, message):
-    folder = broken_copy(saved, name, damage)
-    model = TinyLM()
-    before = params(model)
-    with pytest.raises(CheckpointError, match=message):
-        load_model_state(model, folder)
-    with pytest.raises(CheckpointError, match=message):
-        make_trainer().load(folder)
-    assert all(torch.equal(before[n], p) for n, p in model.named_parameters())
+def test_a_non_finite_loss_names_its_cause(overrides, spoil, message):
+    trainer = make_trainer(**overrides)
+    if spoil is not None:
+        spoil(trainer)
+    with pytest.raises(NonFiniteLossError, match=message) as err:
+        trainer.fit()
+    assert "learning rate" not in str(err.value) and "No checkpoint is kept (set checkpoint_dir" in str(err.value)
 
 
-@pytest.mark.parametrize(
-    ("name", "damage", "message"),
-    [
-        ("trainer.safetensors", lambda f: f.write_bytes(f.read_bytes()[:50]), "trainer.safetensors .* truncated"),
-        ("trainer.json", lambda f: f.write_text(json.dumps({**json.loads(f.read_text()), "rng": None})), "malformed RNG state"),
-        ("trainer.json", lambda f: f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "step"})),
-         "trainer.json .* lacks \\['step'\\]"),
-        ("trainer.json", lambda f: f.unlink(), "weights only"),
-    ],
-)
-def test_damaged_trainer_state_fails_before_changing_anything(saved, name, damage, message):
-    folder = broken_copy(saved, name, damage)
-    trainer = make_trainer()
-    before = params(trainer.model)
-    with pytest.raises(CheckpointError, match=message):
-        trainer.load(folder)
-    assert trainer.step == 0 and all(torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
-
-
-def test_foreign_or_misshapen_checkpoints_name_the_mismatch(saved, tmp_path):
-    with pytest.raises(CheckpointError, match="No checkpoint at"):
-        load_model_state(TinyLM(), tmp_path / "nothing-here")
-    with pytest.raises(CheckpointError, match=r"does not fit this model: wte.weight \(11, 8\) in the checkpoint vs \(12, 8\)"):
-        load_model_state(TinyLM(vocab=12), saved)
-    with pytest.raises(CheckpointError, match="missing extra.weight"):
-        wider = TinyLM()
-        wider.extra = nn.Linear(2, 2)
-        load_model_state(wider, saved)
-    frozen = make_trainer()
-    frozen.model.mlp.requires_grad_(False)
-    frozen.optimizer.param_groups[0]["names"].remove("mlp.weight")
-    with pytest.raises(CheckpointError, match="unexpected mlp.weight"):
-        frozen.load(saved)
+def test_a_non_finite_loss_before_the_first_save_names_the_checkpoint_dir(tmp_path):
+    trainer = make_trainer(train_batches=poisoned_from(6, all_ignored), checkpoint_dir=tmp_path, checkpoint_every=10)
+    with pytest.raises(NonFiniteLossError, match=r"had not written .*last yet \(every 10 steps\); .*best holds") as err:
+        trainer.fit()
+    assert "No checkpoint" not in str(err.value)
 
 
 # ---- errors on bad input and the plots -------------------------------------------------------------------------
