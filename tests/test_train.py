@@ -45,13 +45,7 @@ class TinyLM(nn.Module):
         return logits, loss
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run much faster on one thread than on cores other jobs are busy with."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_trainer(seed=0, dropout=0.1, train_batches=None, val=VAL, **overrides):
