@@ -18,6 +18,12 @@ def _check_logits(logits) -> None:
         raise ValueError(f"Expected logits shaped (batch, vocab_size), got {shape}; take logits[:, -1] of the model output.")
 
 
+def check_token_id(value, vocab_size: int, name: str = "eos_id") -> None:
+    """Refuse anything but an int in ``[0, vocab_size)`` or None (``True`` and ``2.0`` are not token ids)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size):
+        raise ValueError(f"{name} must be a token id in [0, {vocab_size}) or None, got {value!r}.")
+
+
 def _check_finite(logits: torch.Tensor) -> None:
     # -inf is a legitimate masked logit, so only a row whose max is not finite is wrong: it holds a NaN or a +inf,
     # or nothing but -inf. One reduction, where argmax would quietly pick token 0 and multinomial raise an obscure error.
@@ -174,8 +180,7 @@ def beam_search(
     B, T = prompt_ids.shape
     k = beam_width
     V = model.config.vocab_size
-    if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, int) or not 0 <= eos_id < V):
-        raise ValueError(f"eos_id must be a token id in [0, {V}) or None, got {eos_id!r}.")
+    check_token_id(eos_id, V)
     if T + max_new_tokens > model.config.block_size:
         raise ValueError(
             f"Prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) is more than block_size={model.config.block_size}; "

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.decode import sample_next
+from helpers.decode import check_token_id, sample_next
 
 
 def _shape(x) -> str:
@@ -396,8 +396,7 @@ class GPT(nn.Module):
         idx = self._check_idx(idx)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
-        if eos_id is not None and not 0 <= eos_id < self.config.vocab_size:
-            raise ValueError(f"eos_id must be a token id in [0, {self.config.vocab_size}), got {eos_id!r}.")
+        check_token_id(eos_id, self.config.vocab_size)
         B, T = idx.shape
         P = 0 if prefix_embeds is None else self._check_prefix(prefix_embeds, B)
         block = self.config.block_size

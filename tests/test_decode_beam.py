@@ -247,6 +247,8 @@ def test_bad_arguments_are_explained(gpt):
 def test_eos_id_outside_the_vocabulary_is_refused(gpt, eos_id):
     with pytest.raises(ValueError, match=r"eos_id must be a token id in \[0, 40\)"):
         beam_search(gpt, [[1, 2]], beam_width=2, max_new_tokens=3, eos_id=eos_id)
+    with pytest.raises(ValueError, match=r"eos_id must be a token id in \[0, 40\)"):  # the same check in generate
+        gpt.generate(torch.tensor([[1, 2]]), 3, temperature=0, eos_id=eos_id)
 
 
 def test_zero_new_tokens_returns_empty_hypotheses(gpt):
