@@ -10,8 +10,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import DTYPES, Section, interleaved, precisions, sync
+from benchmarks.common import DTYPES, Section, interleaved, precisions
 from helpers.attention import scaled_dot_product_attention
+from helpers.env import sync
 
 COLUMNS = ["T", "precision", "hand fwd ms", "SDPA fwd ms", "fwd speed-up", "hand fwd+bwd ms", "SDPA fwd+bwd ms",
            "fwd+bwd speed-up", "scores MiB"]

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from helpers.env import sync
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -70,12 +72,6 @@ def result_name(info: dict, tiny: bool = False) -> str:
 
 
 # ---- timing -----------------------------------------------------------------------------------------------
-
-
-def sync(device: torch.device) -> None:
-    """Wait for queued GPU work, so that a timer measures the work and not just its launch."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def interleaved(fns: dict[str, Callable[[], object]], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:

@@ -15,7 +15,8 @@ from dataclasses import replace
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from benchmarks.common import interleaved, sync
+from benchmarks.common import interleaved
+from helpers.env import sync
 
 
 def _table(fn, device: torch.device, rows: int) -> str:

@@ -92,6 +92,14 @@ def autocast(device, dtype=None):
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
+def sync(device) -> None:
+    """Wait for queued GPU work, so that a timer measures the work and not just its launch (CUDA runs asynchronously)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def cache_dir() -> Path:
     """Where extracted data and trained artefacts are kept: ``$COURSE_CACHE`` or ``~/.cache/gpt-inside-and-out``."""
     path = Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "gpt-inside-and-out"))
