@@ -102,14 +102,14 @@ def _test_set():
 
 
 @pytest.fixture
-def test_set(monkeypatch):
+def bench_set(monkeypatch):
     monkeypatch.delenv("SACREBLEU_SEED", raising=False)  # sacreBLEU's fixed default seed, 12345
     return _test_set()
 
 
 @pytest.mark.parametrize("metric", ["bleu", "chrf"])
-def test_score_with_ci_is_sacrebleus_bootstrap(test_set, metric):
-    refs, good, _ = test_set
+def test_score_with_ci_is_sacrebleus_bootstrap(bench_set, metric):
+    refs, good, _ = bench_set
     ours = metrics.score_with_ci(good, refs, metric=metric, n_bootstrap=200)
     scorer = sacrebleu.BLEU() if metric == "bleu" else sacrebleu.CHRF()
     direct = scorer.corpus_score(good, [refs], n_bootstrap=200)
@@ -120,10 +120,10 @@ def test_score_with_ci_is_sacrebleus_bootstrap(test_set, metric):
     assert metrics.score_with_ci(good, refs, metric=metric, n_bootstrap=200) == ours  # same seed, same resamples
 
 
-def test_compare_systems_is_sacrebleus_paired_bootstrap(test_set):
+def test_compare_systems_is_sacrebleus_paired_bootstrap(bench_set):
     from sacrebleu.significance import PairedTest
 
-    refs, good, bad = test_set
+    refs, good, bad = bench_set
     result = metrics.compare_systems(bad, good, refs, n_bootstrap=200, names=("bad", "good"))
     _, direct = PairedTest([("bad", bad), ("good", good)], {"BLEU": sacrebleu.BLEU()}, [refs], test_type="bs",
                            n_samples=200)()
@@ -139,10 +139,10 @@ def test_compare_systems_is_sacrebleus_paired_bootstrap(test_set):
     assert "significant at 0.05" in str(result) and "p = 0.0050" in str(result)
 
 
-def test_a_system_against_itself_is_not_significant(test_set):
+def test_a_system_against_itself_is_not_significant(bench_set):
     from sacrebleu.significance import PairedTest
 
-    refs, good, _ = test_set
+    refs, good, _ = bench_set
     result = metrics.compare_systems(good, list(good), refs, metric="chrf", n_bootstrap=200)
     assert result.p_value == 1.0 and result.difference == 0.0 and not result.significant()
     assert result.baseline == result.system
@@ -153,8 +153,8 @@ def test_a_system_against_itself_is_not_significant(test_set):
     assert direct["chrF2"][1].p_value == pytest.approx(1 / 201)
 
 
-def test_bootstrap_bad_input(test_set):
-    refs, good, bad = test_set
+def test_bootstrap_bad_input(bench_set):
+    refs, good, bad = bench_set
     for n in (0, 1, -5, 2.5, True):
         with pytest.raises(ValueError, match="n_bootstrap"):
             metrics.score_with_ci(good, refs, n_bootstrap=n)
