@@ -233,9 +233,10 @@ def marian_features(tokenizer, pairs) -> list[dict]:
 
 def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size: int, lr: float, d_model: int,
                     layers: int, heads: int, max_positions: int, warmup_steps: int, eval_every: int, output_dir,
-                    seed: int = 0):
+                    seed: int = 0, progress: bool = False):
     """Train a ``MarianMTModel`` from scratch with ``Seq2SeqTrainer`` (``DataCollatorForSeq2Seq`` pads and makes
-    the decoder inputs); returns ``(model, trainer)``. Offline: no hub, no reporting, no checkpoints written."""
+    the decoder inputs); returns ``(model, trainer)``. Offline: no hub, no reporting, no checkpoints written.
+    ``progress`` shows the trainer's own progress bar."""
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, Seq2SeqTrainer, Seq2SeqTrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -249,7 +250,7 @@ def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size
         per_device_eval_batch_size=batch_size, learning_rate=lr, warmup_steps=warmup_steps, lr_scheduler_type="cosine",
         weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0, eval_strategy="steps", eval_steps=eval_every,
         logging_steps=eval_every, save_strategy="no", report_to="none", push_to_hub=False, seed=seed,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not progress,
         train_sampling_strategy="group_by_length",  # batches of similar lengths, as length_buckets does for the GPT
     )
     trainer = Seq2SeqTrainer(
