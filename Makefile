@@ -27,6 +27,7 @@ lab: setup
 
 lint: setup
 	$(PY) -m ruff check helpers tests notebooks $(wildcard benchmarks)
+	$(PY) -m ruff format --check helpers tests notebooks $(wildcard benchmarks)
 
 # Unit tests and every notebook under nbval, in smoke mode.
 test: lint

@@ -14,8 +14,17 @@ from benchmarks.common import DTYPES, Section, interleaved, precisions
 from helpers.attention import scaled_dot_product_attention
 from helpers.env import sync
 
-COLUMNS = ["T", "precision", "hand fwd ms", "SDPA fwd ms", "fwd speed-up", "hand fwd+bwd ms", "SDPA fwd+bwd ms",
-           "fwd+bwd speed-up", "scores MiB"]
+COLUMNS = [
+    "T",
+    "precision",
+    "hand fwd ms",
+    "SDPA fwd ms",
+    "fwd speed-up",
+    "hand fwd+bwd ms",
+    "SDPA fwd+bwd ms",
+    "fwd+bwd speed-up",
+    "scores MiB",
+]
 CUDA_COLUMNS = ["hand peak MiB", "SDPA peak MiB"]
 
 
@@ -29,14 +38,17 @@ def _peak_mib(fn, device: torch.device) -> float:
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
 
 
-def _measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device, warmup: int, repeats: int,
-             gen: torch.Generator) -> dict:
+def _measure(
+    shape: tuple[int, int, int, int], dtype: torch.dtype, device: torch.device, warmup: int, repeats: int, gen: torch.Generator
+) -> dict:
     """Forward and forward+backward times (median seconds) of both implementations on one shape, and GPU peaks."""
     q, k, v, grad = (torch.randn(shape, generator=gen).to(device, dtype) for _ in range(4))
     for t in (q, k, v):
         t.requires_grad_(True)
-    impls = {"hand": lambda: scaled_dot_product_attention(q, k, v, is_causal=True)[0],
-             "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    impls = {
+        "hand": lambda: scaled_dot_product_attention(q, k, v, is_causal=True)[0],
+        "SDPA": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
+    }
     with torch.no_grad():
         diff = (impls["hand"]().float() - impls["SDPA"]().float()).abs().max().item()
     if diff > (1e-4 if dtype == torch.float32 else 5e-2):
@@ -64,17 +76,25 @@ def attention(device: torch.device, tiny: bool = False) -> Section:
         if device.type == "cuda":
             lengths += (4096, 8192)
     cuda = device.type == "cuda"
-    section = Section("attention", "Attention: hand-written vs torch SDPA (causal, milliseconds per call)",
-                      COLUMNS + (CUDA_COLUMNS if cuda else []))
+    section = Section(
+        "attention",
+        "Attention: hand-written vs torch SDPA (causal, milliseconds per call)",
+        COLUMNS + (CUDA_COLUMNS if cuda else []),
+    )
     gen = torch.Generator().manual_seed(0)
     for precision in precisions(device):
         for T in lengths:
             m = _measure((B, H, T, d), DTYPES[precision], device, warmup, repeats, gen)
             fwd, both = m["fwd"], m["fwd+bwd"]
             row = {
-                "T": T, "precision": precision, "hand fwd ms": 1e3 * fwd["hand"], "SDPA fwd ms": 1e3 * fwd["SDPA"],
-                "fwd speed-up": fwd["hand"] / fwd["SDPA"], "hand fwd+bwd ms": 1e3 * both["hand"],
-                "SDPA fwd+bwd ms": 1e3 * both["SDPA"], "fwd+bwd speed-up": both["hand"] / both["SDPA"],
+                "T": T,
+                "precision": precision,
+                "hand fwd ms": 1e3 * fwd["hand"],
+                "SDPA fwd ms": 1e3 * fwd["SDPA"],
+                "fwd speed-up": fwd["hand"] / fwd["SDPA"],
+                "hand fwd+bwd ms": 1e3 * both["hand"],
+                "SDPA fwd+bwd ms": 1e3 * both["SDPA"],
+                "fwd+bwd speed-up": both["hand"] / both["SDPA"],
                 # The softmax runs in float32 at least (helpers.attention): 4 bytes per score.
                 "scores MiB": B * H * T * T * 4 / 2**20,
             }

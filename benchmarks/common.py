@@ -158,13 +158,19 @@ def markdown_report(info: dict, sections: list[Section], targets: list[dict], to
     return "\n".join(head + body) + "\n"
 
 
-def write_results(out_dir: Path, stem: str, info: dict, sections: list[Section], targets: list[dict], total_s: float,
-                  command: str) -> tuple[Path, Path]:
+def write_results(
+    out_dir: Path, stem: str, info: dict, sections: list[Section], targets: list[dict], total_s: float, command: str
+) -> tuple[Path, Path]:
     """Write ``<stem>.json`` (every number) and ``<stem>.md`` (the tables) into ``out_dir``; return both paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    payload = {"command": command, "total_s": round(total_s, 1), "machine": info,
-               "sections": {s.name: asdict(s) for s in sections}, "targets": targets}
+    payload = {
+        "command": command,
+        "total_s": round(total_s, 1),
+        "machine": info,
+        "sections": {s.name: asdict(s) for s in sections},
+        "targets": targets,
+    }
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
     json_path.write_text(json.dumps(payload, indent=1, ensure_ascii=False) + "\n")
     md_path.write_text(markdown_report(info, sections, targets, total_s, command))

@@ -49,8 +49,9 @@ def runs(device: torch.device, compile: bool = False) -> list[tuple[str, bool | 
     return out
 
 
-def convergence(device: torch.device, steps: int = STEPS, tiny: bool = False, compile: bool = False,
-                target: float = TARGET_LOSS) -> Section:
+def convergence(
+    device: torch.device, steps: int = STEPS, tiny: bool = False, compile: bool = False, target: float = TARGET_LOSS
+) -> Section:
     vocab_size, train_ids, val_ids = char_streams(tiny)
     if tiny:
         config = GPTConfig(vocab_size=vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
@@ -64,8 +65,15 @@ def convergence(device: torch.device, steps: int = STEPS, tiny: bool = False, co
     for label, mixed_precision, compiled in runs(device, compile):
         torch.manual_seed(0)
         model = GPT(config)
-        cfg = TrainConfig(max_steps=steps, lr=LR, min_lr=LR / 10, warmup_steps=min(100, steps // 10), eval_every=eval_every,
-                          mixed_precision=mixed_precision, compile=compiled)
+        cfg = TrainConfig(
+            max_steps=steps,
+            lr=LR,
+            min_lr=LR / 10,
+            warmup_steps=min(100, steps // 10),
+            eval_every=eval_every,
+            mixed_precision=mixed_precision,
+            compile=compiled,
+        )
         trainer = Trainer(model, cfg, train, val, device=device, progress=False)
         start = time.perf_counter()
         history = trainer.fit()
@@ -73,10 +81,18 @@ def convergence(device: torch.device, steps: int = STEPS, tiny: bool = False, co
         evals = [r for r in history if r["val_loss"] is not None]
         hit = next((r for r in evals if r["val_loss"] <= target), None)
         tokens_per_s = sorted(r["tokens_per_s"] for r in history)[len(history) // 2]
-        section.rows.append({
-            "run": label, "steps": trainer.step, "wall s": wall, "tok/s": tokens_per_s, "final val loss": evals[-1]["val_loss"],
-            "target val loss": target, "step at target": hit and hit["step"], "s to target": hit and hit["elapsed_s"],
-        })
+        section.rows.append(
+            {
+                "run": label,
+                "steps": trainer.step,
+                "wall s": wall,
+                "tok/s": tokens_per_s,
+                "final val loss": evals[-1]["val_loss"],
+                "target val loss": target,
+                "step at target": hit and hit["step"],
+                "s to target": hit and hit["elapsed_s"],
+            }
+        )
     section.notes += [
         f"{config.n_layer} layers, {config.n_head} heads, width {config.n_embd}, context {config.block_size}, batch 12, "
         f"vocabulary {vocab_size} characters, {sum(p.numel() for p in model.parameters()):,} parameters; "

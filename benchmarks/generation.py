@@ -17,8 +17,16 @@ from helpers.hf import to_hf
 from helpers.model import GPT, GPTConfig
 from helpers.pretrain import model_config
 
-COLUMNS = ["model", "new tokens", "ours cache tok/s", "ours no-cache tok/s", "HF generate tok/s", "cache / no-cache",
-           "ours cache / HF", "same tokens"]
+COLUMNS = [
+    "model",
+    "new tokens",
+    "ours cache tok/s",
+    "ours no-cache tok/s",
+    "HF generate tok/s",
+    "cache / no-cache",
+    "ours cache / HF",
+    "same tokens",
+]
 
 
 def _difference(a: torch.Tensor, b: torch.Tensor) -> str:
@@ -46,8 +54,9 @@ def generation(device: torch.device, tiny: bool = False) -> Section:
         fns = {
             "cache": lambda n=n: ours.generate(prompt, n, temperature=0.0, use_cache=True),
             "no cache": lambda n=n: ours.generate(prompt, n, temperature=0.0, use_cache=False),
-            "HF": lambda n=n: hf.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
-                                          do_sample=False, pad_token_id=0),
+            "HF": lambda n=n: hf.generate(
+                input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False, pad_token_id=0
+            ),
         }
         outputs = {name: fn() for name, fn in fns.items()}
         for name, out in outputs.items():
@@ -56,12 +65,18 @@ def generation(device: torch.device, tiny: bool = False) -> Section:
                 raise RuntimeError(f"Greedy tokens of '{name}' differ from ours with the cache ({where}).")
         seconds = interleaved(fns, device, warmup, repeats)
         tps = {name: n / s for name, s in seconds.items()}
-        section.rows.append({
-            "model": size_label(config), "new tokens": n, "ours cache tok/s": tps["cache"],
-            "ours no-cache tok/s": tps["no cache"], "HF generate tok/s": tps["HF"],
-            "cache / no-cache": tps["cache"] / tps["no cache"], "ours cache / HF": tps["cache"] / tps["HF"],
-            "same tokens": True,
-        })
+        section.rows.append(
+            {
+                "model": size_label(config),
+                "new tokens": n,
+                "ours cache tok/s": tps["cache"],
+                "ours no-cache tok/s": tps["no cache"],
+                "HF generate tok/s": tps["HF"],
+                "cache / no-cache": tps["cache"] / tps["no cache"],
+                "ours cache / HF": tps["cache"] / tps["HF"],
+                "same tokens": True,
+            }
+        )
     section.notes += [
         f"Prompt of {prompt_len} random tokens, greedy (temperature 0 / do_sample=False), float32; "
         f"{warmup} warm-up and {repeats} timed runs each, in turns; tokens/s = new tokens / median time.",

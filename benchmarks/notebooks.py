@@ -46,20 +46,30 @@ def notebooks(notebook_dir: Path = NOTEBOOK_DIR, live: bool = False) -> Section:
         if not full:
             section.notes.append(f"{path.name}: no committed full-mode run (make notebooks NB=notebooks/{path.name}).")
         peak = full.get("peak_rss_mib")
-        row = {"notebook": path.name, "full s": full.get("seconds"), "full peak MiB": peak,
-               "full peak <= 4 GiB": None if peak is None else peak <= PEAK_LIMIT_MIB, "smoke s": None, "smoke peak MiB": None}
+        row = {
+            "notebook": path.name,
+            "full s": full.get("seconds"),
+            "full peak MiB": peak,
+            "full peak <= 4 GiB": None if peak is None else peak <= PEAK_LIMIT_MIB,
+            "smoke s": None,
+            "smoke peak MiB": None,
+        }
         if live:
             row["smoke s"], row["smoke peak MiB"], error = _smoke(path)
             if error:
                 section.notes.append(f"{path.name}: the smoke run failed: {error}")
         section.rows.append(row)
     full_total = sum(r["full s"] or 0 for r in section.rows)
-    section.notes.append(f"Full mode: {full_total / 60:.1f} min for the notebooks that have a committed run "
-                         "(threads and device as recorded in each notebook's metadata).")
+    section.notes.append(
+        f"Full mode: {full_total / 60:.1f} min for the notebooks that have a committed run "
+        "(threads and device as recorded in each notebook's metadata)."
+    )
     if live:
         smoke_total = sum(r["smoke s"] or 0 for r in section.rows)
-        section.notes.append(f"Smoke mode, measured now, one notebook at a time: {smoke_total / 60:.1f} min in all "
-                             f"(target <= {SMOKE_LIMIT_S // 60} min on 2 cores).")
+        section.notes.append(
+            f"Smoke mode, measured now, one notebook at a time: {smoke_total / 60:.1f} min in all "
+            f"(target <= {SMOKE_LIMIT_S // 60} min on 2 cores)."
+        )
     else:
         section.notes.append("Smoke mode not measured: run `make bench NOTEBOOKS=1` (takes minutes).")
     return section

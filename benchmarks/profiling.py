@@ -41,21 +41,28 @@ def generation_fns(device: torch.device, tiny: bool = False) -> dict:
     from helpers.model import GPT, GPTConfig
     from helpers.pretrain import model_config
 
-    config = GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=2, n_embd=32) if tiny else replace(
-        model_config(COURSE_VOCAB), block_size=512)
+    config = (
+        GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=2, n_embd=32)
+        if tiny
+        else replace(model_config(COURSE_VOCAB), block_size=512)
+    )
     n = 16 if tiny else 64
     torch.manual_seed(0)
     ours = GPT(config).to(device).eval()
     hf = to_hf(ours).eval()
     prompt = torch.randint(0, config.vocab_size, (1, 8), generator=torch.Generator().manual_seed(1)).to(device)
-    return {"ours": lambda: ours.generate(prompt, n, temperature=0.0),
-            "HF": lambda: hf.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n,
-                                      do_sample=False, pad_token_id=0)}
+    return {
+        "ours": lambda: ours.generate(prompt, n, temperature=0.0),
+        "HF": lambda: hf.generate(
+            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=n, do_sample=False, pad_token_id=0
+        ),
+    }
 
 
 def main(argv=None) -> dict[str, str]:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.profiling", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.profiling", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("what", choices=("training", "generation"))
     parser.add_argument("--size", type=int, default=0, help="index into benchmarks.training.sizes() (training only)")
     parser.add_argument("--rows", type=int, default=20, help="operators to list per table")

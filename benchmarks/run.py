@@ -1,9 +1,9 @@
 """Run the benchmarks, print the tables and write them to benchmarks/results/<machine>.json and .md.
 
-    python -m benchmarks.run                      # everything but the live notebook runs (make bench)
-    python -m benchmarks.run --notebooks          # also run every notebook in smoke mode (make bench NOTEBOOKS=1)
-    python -m benchmarks.run --sections training,generation --steps 500
-    python -m benchmarks.run --tiny --out /tmp/b  # seconds: checks that every section runs (the tests do this)
+python -m benchmarks.run                      # everything but the live notebook runs (make bench)
+python -m benchmarks.run --notebooks          # also run every notebook in smoke mode (make bench NOTEBOOKS=1)
+python -m benchmarks.run --sections training,generation --steps 500
+python -m benchmarks.run --tiny --out /tmp/b  # seconds: checks that every section runs (the tests do this)
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ SECTIONS = ("training", "generation", "attention", "convergence", "notebooks")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated, from {', '.join(SECTIONS)}")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes: checks that everything runs, in seconds")
     parser.add_argument("--notebooks", action="store_true", help="also run each notebook in smoke mode (minutes)")
@@ -46,33 +47,66 @@ def targets(sections: dict, total_s: float, complete: bool) -> list[dict]:
     if "training" in sections:
         fp32 = [r for r in sections["training"].rows if r["precision"] == "fp32"]
         worst = min(fp32, key=lambda r: r["ours / HF sdpa"])
-        out.append({"target": "training: ours >= 1.1x HF sdpa tokens/s at every size (fp32)",
-                    "measured": f"{worst['ours / HF sdpa']:.2f}x at worst ({worst['size']})",
-                    "met": worst["ours / HF sdpa"] >= 1.1})
+        out.append(
+            {
+                "target": "training: ours >= 1.1x HF sdpa tokens/s at every size (fp32)",
+                "measured": f"{worst['ours / HF sdpa']:.2f}x at worst ({worst['size']})",
+                "met": worst["ours / HF sdpa"] >= 1.1,
+            }
+        )
     if "generation" in sections:
         rows = sections["generation"].rows
         longest = rows[-1]
-        out.append({"target": f"generation: KV cache >= 5x no cache at {longest['new tokens']} new tokens",
-                    "measured": f"{longest['cache / no-cache']:.1f}x", "met": longest["cache / no-cache"] >= 5})
+        out.append(
+            {
+                "target": f"generation: KV cache >= 5x no cache at {longest['new tokens']} new tokens",
+                "measured": f"{longest['cache / no-cache']:.1f}x",
+                "met": longest["cache / no-cache"] >= 5,
+            }
+        )
         worst = min(rows, key=lambda r: r["ours cache / HF"])
-        out.append({"target": "generation: ours (cache) >= 1.0x transformers' generate",
-                    "measured": f"{worst['ours cache / HF']:.2f}x at worst ({worst['new tokens']} new tokens)",
-                    "met": worst["ours cache / HF"] >= 1.0})
+        out.append(
+            {
+                "target": "generation: ours (cache) >= 1.0x transformers' generate",
+                "measured": f"{worst['ours cache / HF']:.2f}x at worst ({worst['new tokens']} new tokens)",
+                "met": worst["ours cache / HF"] >= 1.0,
+            }
+        )
     if "notebooks" in sections:
         rows = sections["notebooks"].rows
         peaks = [r for r in rows if r["full peak MiB"] is not None]
         over = [r["notebook"] for r in peaks if not r["full peak <= 4 GiB"]]
-        measured = "no committed full-mode run" if not peaks else (
-            f"max {max(r['full peak MiB'] for r in peaks):,} MiB" + (f"; over: {', '.join(over)}" if over else "")
-            + (f" ({len(rows) - len(peaks)} notebook(s) without a full run)" if len(peaks) < len(rows) else ""))
-        out.append({"target": "notebooks: full-mode peak memory <= 4 GiB each", "measured": measured,
-                    "met": (not over) if peaks else None})
+        measured = (
+            "no committed full-mode run"
+            if not peaks
+            else (
+                f"max {max(r['full peak MiB'] for r in peaks):,} MiB"
+                + (f"; over: {', '.join(over)}" if over else "")
+                + (f" ({len(rows) - len(peaks)} notebook(s) without a full run)" if len(peaks) < len(rows) else "")
+            )
+        )
+        out.append(
+            {
+                "target": "notebooks: full-mode peak memory <= 4 GiB each",
+                "measured": measured,
+                "met": (not over) if peaks else None,
+            }
+        )
         smoke = [r["smoke s"] for r in rows if r["smoke s"] is not None]
-        out.append({"target": "notebooks: smoke suite <= 10 min on 2 cores",
-                    "measured": f"{sum(smoke) / 60:.1f} min, one at a time" if smoke else "not measured (make bench NOTEBOOKS=1)",
-                    "met": sum(smoke) <= 600 if smoke and len(smoke) == len(rows) else None})
-    out.append({"target": "make bench <= 10 min on this 2-core CPU", "measured": f"{total_s / 60:.1f} min",
-                "met": total_s <= 600 if complete else None})
+        out.append(
+            {
+                "target": "notebooks: smoke suite <= 10 min on 2 cores",
+                "measured": f"{sum(smoke) / 60:.1f} min, one at a time" if smoke else "not measured (make bench NOTEBOOKS=1)",
+                "met": sum(smoke) <= 600 if smoke and len(smoke) == len(rows) else None,
+            }
+        )
+    out.append(
+        {
+            "target": "make bench <= 10 min on this 2-core CPU",
+            "measured": f"{total_s / 60:.1f} min",
+            "met": total_s <= 600 if complete else None,
+        }
+    )
     return out
 
 

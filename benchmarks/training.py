@@ -28,8 +28,19 @@ from helpers.train import decay_groups
 
 #: The course tokenizer's vocabulary in full mode (helpers.tokenizers.course_tokenizer).
 COURSE_VOCAB = 4096
-COLUMNS = ["size", "params (M)", "batch x T", "precision", "ours tok/s", "HF sdpa tok/s", "HF eager tok/s",
-           "ours / HF sdpa", "ours / HF eager", "ours MFU %", "HF sdpa MFU %"]
+COLUMNS = [
+    "size",
+    "params (M)",
+    "batch x T",
+    "precision",
+    "ours tok/s",
+    "HF sdpa tok/s",
+    "HF eager tok/s",
+    "ours / HF sdpa",
+    "ours / HF eager",
+    "ours MFU %",
+    "HF sdpa MFU %",
+]
 MODELS = ("ours", "HF sdpa", "HF eager")
 
 
@@ -77,8 +88,9 @@ def step_functions(config: GPTConfig, batch_size: int, device: torch.device, pre
         loss_fn = loss_of(name, run)
         with torch.no_grad(), _amp(device, precision):
             losses[name] = loss_fn().item()
-        opt = torch.optim.AdamW(decay_groups(model, 0.1), lr=3e-4, betas=(0.9, 0.95),
-                                fused=True if device.type == "cuda" else None)
+        opt = torch.optim.AdamW(
+            decay_groups(model, 0.1), lr=3e-4, betas=(0.9, 0.95), fused=True if device.type == "cuda" else None
+        )
 
         def step(loss_fn=loss_fn, opt=opt):
             opt.zero_grad(set_to_none=True)
@@ -105,13 +117,21 @@ def training(device: torch.device, peaks: dict[str, float], tiny: bool = False, 
             tokens = batch_size * config.block_size
             tps = {name: tokens / s for name, s in seconds.items()}
             mfu = {name: 100 * flops_per_token * tps[name] / (peaks[precision] * 1e9) for name in ("ours", "HF sdpa")}
-            section.rows.append({
-                "size": size_label(config), "params (M)": round(n_params, 2), "batch x T": f"{batch_size} x {config.block_size}",
-                "precision": precision + (" compiled" if compile else ""),
-                "ours tok/s": tps["ours"], "HF sdpa tok/s": tps["HF sdpa"], "HF eager tok/s": tps["HF eager"],
-                "ours / HF sdpa": tps["ours"] / tps["HF sdpa"], "ours / HF eager": tps["ours"] / tps["HF eager"],
-                "ours MFU %": mfu["ours"], "HF sdpa MFU %": mfu["HF sdpa"],
-            })
+            section.rows.append(
+                {
+                    "size": size_label(config),
+                    "params (M)": round(n_params, 2),
+                    "batch x T": f"{batch_size} x {config.block_size}",
+                    "precision": precision + (" compiled" if compile else ""),
+                    "ours tok/s": tps["ours"],
+                    "HF sdpa tok/s": tps["HF sdpa"],
+                    "HF eager tok/s": tps["HF eager"],
+                    "ours / HF sdpa": tps["ours"] / tps["HF sdpa"],
+                    "ours / HF eager": tps["ours"] / tps["HF eager"],
+                    "ours MFU %": mfu["ours"],
+                    "HF sdpa MFU %": mfu["HF sdpa"],
+                }
+            )
             del steps
             gc.collect()
     section.notes += [

@@ -169,8 +169,10 @@ class MultiHeadAttention(nn.Module):
         if not isinstance(mha, nn.MultiheadAttention):
             raise TypeError(f"from_torch expects a torch.nn.MultiheadAttention, got {type(mha).__name__}.")
         if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError("from_torch copies self-attention only: build nn.MultiheadAttention without kdim/vdim, "
-                             "add_bias_kv or add_zero_attn.")
+            raise ValueError(
+                "from_torch copies self-attention only: build nn.MultiheadAttention without kdim/vdim, "
+                "add_bias_kv or add_zero_attn."
+            )
         bias = mha.in_proj_bias is not None
         ours = cls(mha.embed_dim, mha.num_heads, bias=bias, dropout=mha.dropout)
         ours.to(device=mha.in_proj_weight.device, dtype=mha.in_proj_weight.dtype)
@@ -186,8 +188,9 @@ class MultiHeadAttention(nn.Module):
         """A ``torch.nn.MultiheadAttention(batch_first=True)`` with this module's weights, dtype and device."""
         bias = self.qkv.bias is not None
         w = self.qkv.weight
-        mha = nn.MultiheadAttention(self.d_model, self.n_head, dropout=self.dropout, bias=bias, batch_first=True,
-                                    device=w.device, dtype=w.dtype)
+        mha = nn.MultiheadAttention(
+            self.d_model, self.n_head, dropout=self.dropout, bias=bias, batch_first=True, device=w.device, dtype=w.dtype
+        )
         with torch.no_grad():
             mha.in_proj_weight.copy_(self.qkv.weight)
             mha.out_proj.weight.copy_(self.proj.weight)
@@ -203,8 +206,10 @@ def plot_attention(weights, labels, ax=None, title=None):
 
     w = weights.detach().float().cpu()
     if w.ndim != 2 or w.shape[0] != len(labels) or w.shape[1] != len(labels):
-        raise ValueError(f"plot_attention draws one square (T, T) matrix with T labels, got {tuple(w.shape)} "
-                         f"and {len(labels)} labels; pick one example and head, e.g. weights[0, h].")
+        raise ValueError(
+            f"plot_attention draws one square (T, T) matrix with T labels, got {tuple(w.shape)} "
+            f"and {len(labels)} labels; pick one example and head, e.g. weights[0, h]."
+        )
     ax = ax if ax is not None else plt.gca()
     ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)

@@ -60,8 +60,18 @@ FORMAT_VERSION = 2  # version 1 kept the files directly in the folder, without c
 POINTER_FILE = "checkpoint.json"
 MODEL_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 STATE_FILE, TRAINER_FILE = "trainer.safetensors", "trainer.json"
-_TRAINER_KEYS = ("step", "best_val", "best_step", "bad_evals", "stopped_early", "elapsed_s", "optimizer", "scaler", "rng",
-                 "history")
+_TRAINER_KEYS = (
+    "step",
+    "best_val",
+    "best_step",
+    "bad_evals",
+    "stopped_early",
+    "elapsed_s",
+    "optimizer",
+    "scaler",
+    "rng",
+    "history",
+)
 _VERSION = re.compile(r"v-\d+-[0-9a-f]{32}")
 _LEFTOVER = re.compile(r"\.tmp-(\d+)-[0-9a-f]{32}(\.json)?")
 _READ_ATTEMPTS = 10  # each retry means another save finished meanwhile, so only a stream of saves exhausts them

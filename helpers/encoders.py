@@ -72,8 +72,13 @@ def minilm_embed(texts, batch_size: int = 32, device=None) -> torch.Tensor:
     out = []
     with torch.no_grad():
         for start in range(0, len(texts), batch_size):
-            batch = tokenizer(texts[start : start + batch_size], padding=True, truncation=True,
-                              max_length=MINILM_MAX_TOKENS, return_tensors="pt").to(device)
+            batch = tokenizer(
+                texts[start : start + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=MINILM_MAX_TOKENS,
+                return_tensors="pt",
+            ).to(device)
             hidden = model(**batch).last_hidden_state
             out.append(F.normalize(mean_pool(hidden, batch["attention_mask"]), dim=-1).float().cpu())
     return torch.cat(out)

@@ -88,8 +88,14 @@ def from_hf(hf_model) -> GPT:
     if problems:
         raise ValueError("This GPT-2 differs from our GPT: " + "; ".join(problems) + ".")
     config = GPTConfig(
-        vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd,
-        dropout=float(c.resid_pdrop), bias=True, causal=True,
+        vocab_size=c.vocab_size,
+        block_size=c.n_positions,
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        n_embd=c.n_embd,
+        dropout=float(c.resid_pdrop),
+        bias=True,
+        causal=True,
     )
     param = _first_param(hf_model)
     model = GPT(config).to(device=param.device, dtype=param.dtype)

@@ -131,9 +131,7 @@ def _prepare(hypotheses, references, what: str = "hypotheses") -> tuple[list[str
     for k, stream in enumerate(streams):
         if len(stream) != len(hyps):
             where = f" in reference stream {k}" if several else ""
-            raise ValueError(
-                f"{len(hyps)} {what} but {len(stream)} references{where}: score aligned lists of equal length."
-            )
+            raise ValueError(f"{len(hyps)} {what} but {len(stream)} references{where}: score aligned lists of equal length.")
     return hyps, streams
 
 
@@ -179,12 +177,14 @@ def score_with_ci(hypotheses, references, metric: str = "bleu", n_bootstrap: int
     hyps, refs = _prepare(hypotheses, references)
     scorer = _metric(metric)
     result = scorer.corpus_score(hyps, refs, n_bootstrap=n_bootstrap)
-    return ScoreCI(_METRICS[metric], result.score, float(result._mean), float(result._ci), n_bootstrap,
-                   str(scorer.get_signature()))
+    return ScoreCI(
+        _METRICS[metric], result.score, float(result._mean), float(result._ci), n_bootstrap, str(scorer.get_signature())
+    )
 
 
-def compare_systems(baseline, system, references, metric: str = "bleu", n_bootstrap: int = 1000,
-                    names: tuple[str, str] = ("baseline", "system")) -> Comparison:
+def compare_systems(
+    baseline, system, references, metric: str = "bleu", n_bootstrap: int = 1000, names: tuple[str, str] = ("baseline", "system")
+) -> Comparison:
     """Paired bootstrap resampling (sacreBLEU's ``PairedTest`` with ``test_type="bs"``, after Koehn 2004): both
     systems are scored on the same ``n_bootstrap`` resampled test sets, which gives each score's 95% interval and
     the p-value of their difference. ``baseline`` and ``system`` are the two systems' translations of the same
@@ -209,8 +209,7 @@ def compare_systems(baseline, system, references, metric: str = "bleu", n_bootst
             f"{len(base)} baseline hypotheses but {len(other)} system hypotheses: compare two systems on the same test set."
         )
     scorer = _metric(metric)
-    test = PairedTest([(names[0], base), (names[1], other)], {metric: scorer}, refs, test_type="bs",
-                      n_samples=n_bootstrap)
+    test = PairedTest([(names[0], base), (names[1], other)], {metric: scorer}, refs, test_type="bs", n_samples=n_bootstrap)
     signatures, results = test()
     (key,) = signatures  # sacreBLEU's own name for the metric, e.g. "chrF2"
     signature = str(signatures[key])

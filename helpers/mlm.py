@@ -44,8 +44,9 @@ def _check_masking(mask_id: int, vocab_size: int, p: float, special_ids) -> list
     return special
 
 
-def mask_tokens(ids, mask_id: int, vocab_size: int, p: float = 0.15, generator: torch.Generator | None = None,
-                special_ids: Iterable[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_tokens(
+    ids, mask_id: int, vocab_size: int, p: float = 0.15, generator: torch.Generator | None = None, special_ids: Iterable[int] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """BERT's masking of a tensor of token ids (any shape): returns ``(inputs, targets)`` of the same shape.
 
     Each token outside ``special_ids`` is *selected* with probability ``p``. A selected token becomes ``mask_id``
@@ -88,8 +89,17 @@ class MaskedWindows:
     so a resumed run sees the very batches of the uninterrupted one.
     """
 
-    def __init__(self, tokens, block_size: int, batch_size: int, mask_id: int, vocab_size: int, seed: int = 0,
-                 special_ids: Iterable[int] = (), p: float = 0.15):
+    def __init__(
+        self,
+        tokens,
+        block_size: int,
+        batch_size: int,
+        mask_id: int,
+        vocab_size: int,
+        seed: int = 0,
+        special_ids: Iterable[int] = (),
+        p: float = 0.15,
+    ):
         _check_masking(mask_id, vocab_size, p, special_ids)
         self.windows = RandomWindows(tokens, block_size, batch_size, seed)
         self.mask_id, self.vocab_size, self.seed, self.p = mask_id, vocab_size, seed, p
@@ -100,9 +110,17 @@ class MaskedWindows:
         return mask_tokens(x, self.mask_id, self.vocab_size, self.p, _mask_generator(self.seed, step), self.special_ids)
 
 
-def masked_eval_batches(tokens, block_size: int, batch_size: int, mask_id: int, vocab_size: int,
-                        n_batches: int | None = None, seed: int = 0, special_ids: Iterable[int] = (),
-                        p: float = 0.15) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def masked_eval_batches(
+    tokens,
+    block_size: int,
+    batch_size: int,
+    mask_id: int,
+    vocab_size: int,
+    n_batches: int | None = None,
+    seed: int = 0,
+    special_ids: Iterable[int] = (),
+    p: float = 0.15,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed list of masked ``(inputs, targets)`` validation batches: the windows of
     :func:`helpers.batches.eval_batches`, batch ``i`` masked with a generator seeded by ``(seed, i)``."""
     _check_masking(mask_id, vocab_size, p, special_ids)
@@ -127,8 +145,9 @@ def _eval_logits(model, idx: torch.Tensor, attention_mask: torch.Tensor | None =
         model.train(was_training)
 
 
-def fill_mask(model, tokenizer, text: str, k: int = 5, n_tokens: int = 1, prefix: Sequence[int] = (),
-              blank: str = BLANK) -> list[list[tuple[str, float]]]:
+def fill_mask(
+    model, tokenizer, text: str, k: int = 5, n_tokens: int = 1, prefix: Sequence[int] = (), blank: str = BLANK
+) -> list[list[tuple[str, float]]]:
     """The ``k`` likeliest tokens, with their probabilities, for each token of the blank in ``text``.
 
     ``text`` holds one ``blank`` ("___"), which stands for ``n_tokens`` tokens (a word's leading space belongs to the
@@ -182,8 +201,14 @@ _WORD = re.compile(r"^ [^\W\d_]+$")  # a space and letters only: the start of a 
 _LETTER = re.compile(r"^[^\W\d_]")
 
 
-def word_blanks(tokenizer, texts: Iterable[str], seed: int = 0, min_letters: int = 3, prefix: Sequence[int] = (),
-                max_tokens: int | None = None) -> list[Blank]:
+def word_blanks(
+    tokenizer,
+    texts: Iterable[str],
+    seed: int = 0,
+    min_letters: int = 3,
+    prefix: Sequence[int] = (),
+    max_tokens: int | None = None,
+) -> list[Blank]:
     """One blank per text: a whole word of at least ``min_letters`` letters that is a single token, not the first
     word, picked at random (seeded). ``prefix`` ids go before each text. Texts without such a word, and texts longer
     than ``max_tokens`` (prefix included; pass the model's block_size), are skipped."""
@@ -195,8 +220,10 @@ def word_blanks(tokenizer, texts: Iterable[str], seed: int = 0, min_letters: int
             continue
         pieces = [tokenizer.decode([i], skip_special=False) for i in ids]
         candidates = [
-            t for t in range(len(prefix) + 1, len(ids))
-            if _WORD.match(pieces[t]) and len(pieces[t]) > min_letters
+            t
+            for t in range(len(prefix) + 1, len(ids))
+            if _WORD.match(pieces[t])
+            and len(pieces[t]) > min_letters
             and (t + 1 == len(ids) or not _LETTER.match(pieces[t + 1]))  # the next token does not continue the word
         ]
         if candidates:

@@ -118,8 +118,9 @@ def fingerprint(tokenizer: CourseTokenizer, model_cfg: GPTConfig, train_cfg: Tra
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_trainer(tokenizer: CourseTokenizer | None = None, device=None, live_plot: bool = False,
-                  steps: int | None = None) -> tuple[GPT, Trainer]:
+def build_trainer(
+    tokenizer: CourseTokenizer | None = None, device=None, live_plot: bool = False, steps: int | None = None
+) -> tuple[GPT, Trainer]:
     """A freshly initialised model of the recipe and its :class:`Trainer`, ready for ``trainer.fit()``.
 
     ``steps`` replaces the recipe's ``max_steps`` (the learning-rate schedule is then planned over ``steps``).
@@ -162,8 +163,9 @@ def save_pretrained(model: GPT, tokenizer: CourseTokenizer, trainer: Trainer):
     return save_model(model, artifact_dir("pretrained"), config=config)
 
 
-def pretrain(tokenizer: CourseTokenizer | None = None, device=None, live_plot: bool = False,
-             steps: int | None = None) -> tuple[GPT, Trainer]:
+def pretrain(
+    tokenizer: CourseTokenizer | None = None, device=None, live_plot: bool = False, steps: int | None = None
+) -> tuple[GPT, Trainer]:
     """Run the recipe (``steps`` replaces its ``max_steps``), save the model with :func:`save_pretrained` and
     return ``(model, trainer)``; the model is left in eval mode."""
     tokenizer = course_tokenizer() if tokenizer is None else tokenizer
@@ -210,8 +212,17 @@ def load_pretrained(device=None) -> tuple[GPT, CourseTokenizer]:
     return model, tokenizer
 
 
-def complete(model: GPT, tokenizer: CourseTokenizer, prompt: str, max_new_tokens: int = 40, temperature: float = 0.0,
-             top_k: int | None = None, top_p: float | None = None, seed: int | None = None, use_cache: bool = True) -> str:
+def complete(
+    model: GPT,
+    tokenizer: CourseTokenizer,
+    prompt: str,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    use_cache: bool = True,
+) -> str:
     """The model's continuation of ``prompt`` (the new text only), greedy by default, stopping at end of text.
 
     The prompt is read after an end-of-text token, as every verse was in training. ``seed`` makes sampling
@@ -220,6 +231,14 @@ def complete(model: GPT, tokenizer: CourseTokenizer, prompt: str, max_new_tokens
     device = next(model.parameters()).device
     idx = torch.tensor([[tokenizer.eot_id, *tokenizer.encode(prompt)]], device=device)
     generator = None if seed is None else torch.Generator(device).manual_seed(seed)
-    out = model.generate(idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, use_cache=use_cache,
-                         eos_id=tokenizer.eot_id, generator=generator)
-    return tokenizer.decode(out[0, idx.size(1):].tolist())
+    out = model.generate(
+        idx,
+        max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        use_cache=use_cache,
+        eos_id=tokenizer.eot_id,
+        generator=generator,
+    )
+    return tokenizer.decode(out[0, idx.size(1) :].tolist())

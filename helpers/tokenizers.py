@@ -160,8 +160,13 @@ class BPETokenizer:
     Build one with :meth:`train` (a classmethod), :meth:`from_tiktoken_ranks` or :meth:`load`.
     """
 
-    def __init__(self, byte_ids, merges: dict[tuple[int, int], int], special_tokens: dict[str, int] | None = None,
-                 pattern: str = GPT2_PATTERN):
+    def __init__(
+        self,
+        byte_ids,
+        merges: dict[tuple[int, int], int],
+        special_tokens: dict[str, int] | None = None,
+        pattern: str = GPT2_PATTERN,
+    ):
         byte_ids = [int(i) for i in byte_ids]
         if len(byte_ids) != 256 or len(set(byte_ids)) != 256:
             raise ValueError("byte_ids must give 256 distinct ids, one per byte value.")
@@ -189,8 +194,9 @@ class BPETokenizer:
 
     # ----------------------------------------------------------------------------------------------- training
     @classmethod
-    def train(cls, text: str, vocab_size: int, special_tokens: Iterable[str] = (), pattern: str = GPT2_PATTERN,
-              verbose: bool = False) -> BPETokenizer:
+    def train(
+        cls, text: str, vocab_size: int, special_tokens: Iterable[str] = (), pattern: str = GPT2_PATTERN, verbose: bool = False
+    ) -> BPETokenizer:
         """Learn ``vocab_size - 256 - len(special_tokens)`` merges from ``text`` (fewer if the text runs out of pairs).
 
         Words (pre-token chunks) are counted once; each merge then updates the pair counts of only the words that
@@ -200,8 +206,10 @@ class BPETokenizer:
         text = _check_text(text)
         special_tokens = list(dict.fromkeys(special_tokens))
         if not isinstance(vocab_size, int) or vocab_size < 256 + len(special_tokens):
-            raise ValueError(f"vocab_size must be an int >= 256 + number of special tokens ({256 + len(special_tokens)}), "
-                             f"got {vocab_size!r}: the 256 bytes are always in the vocabulary.")
+            raise ValueError(
+                f"vocab_size must be an int >= 256 + number of special tokens ({256 + len(special_tokens)}), "
+                f"got {vocab_size!r}: the 256 bytes are always in the vocabulary."
+            )
         compiled = regex.compile(pattern)
         counts = Counter()
         for part in _split_on_specials(text, special_tokens):
@@ -254,8 +262,9 @@ class BPETokenizer:
         return cls(range(256), merges, specials, pattern)
 
     @classmethod
-    def from_tiktoken_ranks(cls, ranks: dict[bytes, int], special_tokens: dict[str, int] | None = None,
-                            pattern: str = GPT2_PATTERN) -> BPETokenizer:
+    def from_tiktoken_ranks(
+        cls, ranks: dict[bytes, int], special_tokens: dict[str, int] | None = None, pattern: str = GPT2_PATTERN
+    ) -> BPETokenizer:
         """A tokenizer from ``tiktoken`` merge ranks (``bytes -> rank``), e.g. GPT-2's.
 
         tiktoken stores only the tokens; the merge that made each token is recovered by running BPE on the token's
@@ -335,8 +344,14 @@ class BPETokenizer:
 
     # ------------------------------------------------------------------------------------------------ storage
     def to_dict(self) -> dict:
-        return {"kind": "byte-level-bpe", "version": 1, "pattern": self.pattern, "byte_ids": self.byte_ids,
-                "merges": [[a, b, new] for (a, b), new in self._merges.items()], "special_tokens": self.special_tokens}
+        return {
+            "kind": "byte-level-bpe",
+            "version": 1,
+            "pattern": self.pattern,
+            "byte_ids": self.byte_ids,
+            "merges": [[a, b, new] for (a, b), new in self._merges.items()],
+            "special_tokens": self.special_tokens,
+        }
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -351,8 +366,9 @@ class BPETokenizer:
             if state.get("kind") != "byte-level-bpe" or state.get("version") != 1:
                 raise ValueError("not a byte-level-bpe file of version 1")
             merges = {(int(a), int(b)): int(new) for a, b, new in state["merges"]}
-            return cls(state["byte_ids"], merges, {str(k): int(v) for k, v in state["special_tokens"].items()},
-                       str(state["pattern"]))
+            return cls(
+                state["byte_ids"], merges, {str(k): int(v) for k, v in state["special_tokens"].items()}, str(state["pattern"])
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError, regex.error) as err:
             raise ValueError(f"{path} is not a readable BPETokenizer file ({err}); write one with BPETokenizer.save().") from err
 
@@ -368,7 +384,7 @@ def _bpe_by_rank(ranks: dict[bytes, int], token: bytes, max_rank: int | None = N
                 best, best_rank = i, rank
         if best is None or (max_rank is not None and best_rank >= max_rank):
             return parts
-        parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
+        parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2 :]
 
 
 # ------------------------------------------------------------------------------------ the tokenizers library
@@ -403,8 +419,12 @@ def train_library_bpe(texts, vocab_size: int, special_tokens: Iterable[str] = ()
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return tokenizer
 
@@ -425,8 +445,13 @@ def gpt2_encoding():
     """GPT-2's tokenizer as a ``tiktoken.Encoding`` (50,257 ids; ``<|endoftext|>`` = 50256), built offline."""
     import tiktoken
 
-    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=gpt2_ranks(),
-                             special_tokens={GPT2_EOT: GPT2_EOT_ID}, explicit_n_vocab=50257)
+    return tiktoken.Encoding(
+        name="gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=gpt2_ranks(),
+        special_tokens={GPT2_EOT: GPT2_EOT_ID},
+        explicit_n_vocab=50257,
+    )
 
 
 # -------------------------------------------------------------------------------------- the course tokenizer
@@ -465,8 +490,14 @@ class CourseTokenizer:
         from transformers import PreTrainedTokenizerFast
 
         eot, pad, sep, mask = SPECIAL_TOKENS
-        return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(self.tokenizer.to_str()),
-                                       eos_token=eot, bos_token=eot, pad_token=pad, sep_token=sep, mask_token=mask)
+        return PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer.from_str(self.tokenizer.to_str()),
+            eos_token=eot,
+            bos_token=eot,
+            pad_token=pad,
+            sep_token=sep,
+            mask_token=mask,
+        )
 
     def save(self, path) -> Path:
         path = Path(path)
@@ -503,8 +534,11 @@ def course_tokenizer(vocab_size: int | None = None) -> CourseTokenizer:
     if path.exists():
         try:
             tok = CourseTokenizer.load(path)
-            if (tok.vocab_size == vocab_size and (tok.eot_id, tok.pad_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3)
-                    and tok.decode(tok.encode(_PROBE)) == _PROBE):
+            if (
+                tok.vocab_size == vocab_size
+                and (tok.eot_id, tok.pad_id, tok.sep_id, tok.mask_id) == (0, 1, 2, 3)
+                and tok.decode(tok.encode(_PROBE)) == _PROBE
+            ):
                 return tok
             problem = "it does not match the requested tokenizer"
         except ValueError as err:

@@ -191,8 +191,17 @@ class Trainer:
     With ``cfg.patience``, early stopping puts the best weights back into the model.
     """
 
-    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, train_batches, val_batches=None, *, device=None,
-                 progress: bool = True, live_plot: bool = False):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        cfg: TrainConfig,
+        train_batches,
+        val_batches=None,
+        *,
+        device=None,
+        progress: bool = True,
+        live_plot: bool = False,
+    ):
         if not callable(train_batches):
             raise TypeError(
                 "train_batches must be a callable step -> batch, e.g. helpers.batches.RandomWindows(...); for a list "
@@ -262,8 +271,10 @@ class Trainer:
             )
         for label, batch in batches:
             values = batch.values() if isinstance(batch, dict) else batch
-            if any(isinstance(v, torch.Tensor) and not v.is_floating_point() and v.numel() and bool((v == -100).all())
-                   for v in values):
+            if any(
+                isinstance(v, torch.Tensor) and not v.is_floating_point() and v.numel() and bool((v == -100).all())
+                for v in values
+            ):
                 return (
                     f"Cause: every target of {label} is -100 (ignored), so its mean loss is 0/0; give every batch at "
                     "least one target that counts (check how the targets are masked)."
@@ -320,8 +331,14 @@ class Trainer:
             self.optimizer.step()
         self.step += 1
         tokens_per_s = n_tokens / max(time.perf_counter() - start, 1e-9)
-        return {"step": self.step, "lr": lr, "train_loss": train_loss, "val_loss": None, "grad_norm": grad_norm,
-                "tokens_per_s": tokens_per_s}
+        return {
+            "step": self.step,
+            "lr": lr,
+            "train_loss": train_loss,
+            "val_loss": None,
+            "grad_norm": grad_norm,
+            "tokens_per_s": tokens_per_s,
+        }
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -126,8 +126,17 @@ def default_max_new_tokens(n_source_tokens: int) -> int:
 
 
 @torch.no_grad()
-def translate(model, tokenizer, sources, method: str = "greedy", beam_width: int = 4, max_new_tokens: int | None = None,
-              batch_size: int = 32, length_penalty: float = 1.0, progress: bool = False) -> list[str]:
+def translate(
+    model,
+    tokenizer,
+    sources,
+    method: str = "greedy",
+    beam_width: int = 4,
+    max_new_tokens: int | None = None,
+    batch_size: int = 32,
+    length_penalty: float = 1.0,
+    progress: bool = False,
+) -> list[str]:
     """Translate each source text; returns the decoded targets in the order of ``sources``.
 
     Prompts are sorted by length and decoded ``batch_size`` at a time, left-padded, with the KV cache. ``method``
@@ -143,8 +152,10 @@ def translate(model, tokenizer, sources, method: str = "greedy", beam_width: int
     device = next(model.parameters()).device
     # A source longer than half the context is cut, so that every translation has room for as many tokens.
     longest = model.config.block_size // 2
-    prompts = [p if len(p) <= longest else p[: longest - 1] + [tokenizer.sep_id]
-               for p in (format_example(tokenizer, s)[0] for s in sources)]
+    prompts = [
+        p if len(p) <= longest else p[: longest - 1] + [tokenizer.sep_id]
+        for p in (format_example(tokenizer, s)[0] for s in sources)
+    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -157,25 +168,41 @@ def translate(model, tokenizer, sources, method: str = "greedy", beam_width: int
         T = max(len(p) for p in batch)
         n_new = min(model.config.block_size - T, max_new_tokens if max_new_tokens is not None else default_max_new_tokens(T - 1))
         if method == "beam":
-            new = [h.tokens for h in beam_search(model, batch, beam_width, n_new, tokenizer.eot_id, length_penalty,
-                                                 pad_id=tokenizer.pad_id)]
+            new = [
+                h.tokens
+                for h in beam_search(model, batch, beam_width, n_new, tokenizer.eot_id, length_penalty, pad_id=tokenizer.pad_id)
+            ]
         else:
             idx = torch.full((len(batch), T), tokenizer.pad_id, dtype=torch.long)
             mask = torch.zeros_like(idx)
             for r, p in enumerate(batch):
                 idx[r, T - len(p) :], mask[r, T - len(p) :] = torch.tensor(p), 1
-            gen = model.generate(idx.to(device), n_new, temperature=0.0, eos_id=tokenizer.eot_id,
-                                 attention_mask=mask.to(device))[:, T:].tolist()
+            gen = model.generate(idx.to(device), n_new, temperature=0.0, eos_id=tokenizer.eot_id, attention_mask=mask.to(device))[
+                :, T:
+            ].tolist()
             new = [row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row for row in gen]
         for i, ids in zip(chunk, new):
             out[i] = tokenizer.decode(ids).strip()
     return out
 
 
-def finetune(model, tokenizer, train: list[TranslationExample], val: list[TranslationExample], *, steps: int,
-             batch_size: int = 16, lr: float = 3e-4, warmup_steps: int | None = None, eval_every: int | None = None,
-             patience: int | None = 3, weight_decay: float = 0.1, seed: int = 0, progress: bool = True,
-             live_plot: bool = False) -> Trainer:
+def finetune(
+    model,
+    tokenizer,
+    train: list[TranslationExample],
+    val: list[TranslationExample],
+    *,
+    steps: int,
+    batch_size: int = 16,
+    lr: float = 3e-4,
+    warmup_steps: int | None = None,
+    eval_every: int | None = None,
+    patience: int | None = 3,
+    weight_decay: float = 0.1,
+    seed: int = 0,
+    progress: bool = True,
+    live_plot: bool = False,
+) -> Trainer:
     """Fine-tune ``model`` on translation examples with :class:`helpers.train.Trainer`; returns the trainer
     (its ``history``, ``best_step``, ``stopped_early``). The model is changed in place.
 
@@ -191,9 +218,14 @@ def finetune(model, tokenizer, train: list[TranslationExample], val: list[Transl
     train_batches = ShuffledBatches(buckets, 1, lambda chosen: collate(chosen[0], pad), seed=seed)
     val_batches = [collate(val[i : i + batch_size], pad) for i in range(0, len(val), batch_size)]
     cfg = TrainConfig(
-        max_steps=steps, lr=lr, min_lr=lr / 10, weight_decay=weight_decay, seed=seed,
+        max_steps=steps,
+        lr=lr,
+        min_lr=lr / 10,
+        weight_decay=weight_decay,
+        seed=seed,
         warmup_steps=max(1, steps // 20) if warmup_steps is None else warmup_steps,
-        eval_every=max(1, steps // 10) if eval_every is None else eval_every, patience=patience,
+        eval_every=max(1, steps // 10) if eval_every is None else eval_every,
+        patience=patience,
     )
     trainer = Trainer(model, cfg, train_batches, val_batches, progress=progress, live_plot=live_plot)
     trainer.fit()
@@ -216,12 +248,27 @@ def marian_config(tokenizer, d_model: int, layers: int, heads: int, max_position
     from transformers import MarianConfig
 
     return MarianConfig(
-        vocab_size=tokenizer.vocab_size, decoder_vocab_size=tokenizer.vocab_size, d_model=d_model,
-        encoder_layers=layers, decoder_layers=layers, encoder_attention_heads=heads, decoder_attention_heads=heads,
-        encoder_ffn_dim=4 * d_model, decoder_ffn_dim=4 * d_model, max_position_embeddings=max_positions,
-        pad_token_id=tokenizer.pad_id, eos_token_id=tokenizer.eot_id, decoder_start_token_id=tokenizer.pad_id,
-        bos_token_id=tokenizer.eot_id, forced_eos_token_id=tokenizer.eot_id, dropout=0.0, attention_dropout=0.0,
-        activation_dropout=0.0, share_encoder_decoder_embeddings=True, tie_word_embeddings=True, scale_embedding=True,
+        vocab_size=tokenizer.vocab_size,
+        decoder_vocab_size=tokenizer.vocab_size,
+        d_model=d_model,
+        encoder_layers=layers,
+        decoder_layers=layers,
+        encoder_attention_heads=heads,
+        decoder_attention_heads=heads,
+        encoder_ffn_dim=4 * d_model,
+        decoder_ffn_dim=4 * d_model,
+        max_position_embeddings=max_positions,
+        pad_token_id=tokenizer.pad_id,
+        eos_token_id=tokenizer.eot_id,
+        decoder_start_token_id=tokenizer.pad_id,
+        bos_token_id=tokenizer.eot_id,
+        forced_eos_token_id=tokenizer.eot_id,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        scale_embedding=True,
     )
 
 
@@ -231,9 +278,24 @@ def marian_features(tokenizer, pairs) -> list[dict]:
     return [{"input_ids": tokenizer.encode(s) + [eos], "labels": tokenizer.encode(t) + [eos]} for s, t in pairs]
 
 
-def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size: int, lr: float, d_model: int,
-                    layers: int, heads: int, max_positions: int, warmup_steps: int, eval_every: int, output_dir,
-                    seed: int = 0, progress: bool = False):
+def marian_baseline(
+    tokenizer,
+    train_pairs,
+    val_pairs,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    d_model: int,
+    layers: int,
+    heads: int,
+    max_positions: int,
+    warmup_steps: int,
+    eval_every: int,
+    output_dir,
+    seed: int = 0,
+    progress: bool = False,
+):
     """Train a ``MarianMTModel`` from scratch with ``Seq2SeqTrainer`` (``DataCollatorForSeq2Seq`` pads and makes
     the decoder inputs); returns ``(model, trainer)``. Offline: no hub, no reporting, no checkpoints written.
     ``progress`` shows the trainer's own progress bar."""
@@ -246,16 +308,34 @@ def marian_baseline(tokenizer, train_pairs, val_pairs, *, steps: int, batch_size
     model = MarianMTModel(marian_config(tokenizer, d_model, layers, heads, max_positions))
     hf_tok = tokenizer.to_hf()
     args = Seq2SeqTrainingArguments(
-        output_dir=str(output_dir), max_steps=steps, per_device_train_batch_size=batch_size,
-        per_device_eval_batch_size=batch_size, learning_rate=lr, warmup_steps=warmup_steps, lr_scheduler_type="cosine",
-        weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0, eval_strategy="steps", eval_steps=eval_every,
-        logging_steps=eval_every, save_strategy="no", report_to="none", push_to_hub=False, seed=seed,
-        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, disable_tqdm=not progress,
+        output_dir=str(output_dir),
+        max_steps=steps,
+        per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=batch_size,
+        learning_rate=lr,
+        warmup_steps=warmup_steps,
+        lr_scheduler_type="cosine",
+        weight_decay=0.1,
+        adam_beta2=0.95,
+        max_grad_norm=1.0,
+        eval_strategy="steps",
+        eval_steps=eval_every,
+        logging_steps=eval_every,
+        save_strategy="no",
+        report_to="none",
+        push_to_hub=False,
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
         train_sampling_strategy="group_by_length",  # batches of similar lengths, as length_buckets does for the GPT
     )
     trainer = Seq2SeqTrainer(
-        model=model, args=args, train_dataset=marian_features(tokenizer, train_pairs),
-        eval_dataset=marian_features(tokenizer, val_pairs), data_collator=DataCollatorForSeq2Seq(hf_tok, model=model),
+        model=model,
+        args=args,
+        train_dataset=marian_features(tokenizer, train_pairs),
+        eval_dataset=marian_features(tokenizer, val_pairs),
+        data_collator=DataCollatorForSeq2Seq(hf_tok, model=model),
         processing_class=hf_tok,
     )
     trainer.remove_callback(PrinterCallback)  # the losses stay in trainer.state.log_history, unprinted
@@ -280,8 +360,13 @@ def marian_translate(model, tokenizer, sources, batch_size: int = 32, num_beams:
         mask = torch.zeros_like(ids)
         for r, i in enumerate(chunk):
             ids[r, : len(enc[i])], mask[r, : len(enc[i])] = torch.tensor(enc[i]), 1
-        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), num_beams=num_beams,
-                             do_sample=False, max_new_tokens=min(default_max_new_tokens(T - 1), limit))
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            num_beams=num_beams,
+            do_sample=False,
+            max_new_tokens=min(default_max_new_tokens(T - 1), limit),
+        )
         for i, row in zip(chunk, gen.tolist()):
             out[i] = tokenizer.decode(row).strip()
     return out

@@ -18,15 +18,21 @@ from benchmarks import attention, convergence, generation, notebooks, profiling,
 from benchmarks.common import fmt, interleaved, markdown_table, result_name  # noqa: E402
 from benchmarks.run import SECTIONS  # noqa: E402
 
-COLUMNS = {"training": training.COLUMNS, "generation": generation.COLUMNS, "attention": attention.COLUMNS,
-           "convergence": convergence.COLUMNS, "notebooks": notebooks.COLUMNS}
+COLUMNS = {
+    "training": training.COLUMNS,
+    "generation": generation.COLUMNS,
+    "attention": attention.COLUMNS,
+    "convergence": convergence.COLUMNS,
+    "notebooks": notebooks.COLUMNS,
+}
 
 
 def bench(*args, timeout=300):
     # One thread: tiny models on a busy machine otherwise spend their time waiting for a descheduled second thread.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +125,9 @@ def test_targets_cover_the_issue(tiny):
     assert whole["met"] is None  # a tiny run says nothing about the real one
 
 
-@pytest.mark.parametrize("args, message", [(["--sections", "training,nope"], "choose from"),
-                                           (["--steps", "0"], "--steps must be a positive")])
+@pytest.mark.parametrize(
+    "args, message", [(["--sections", "training,nope"], "choose from"), (["--steps", "0"], "--steps must be a positive")]
+)
 def test_bad_arguments_are_refused_with_a_hint(args, message):
     proc = bench(*args, timeout=60)
     assert proc.returncode == 2 and message in proc.stderr
@@ -158,7 +165,14 @@ def test_interleaved_takes_turns_and_returns_medians():
 
 def test_formatting_and_names():
     assert [fmt(None), fmt(True), fmt(False), fmt(12345), fmt(1234.5), fmt(12.345), fmt(0.01234)] == [
-        "—", "yes", "**NO**", "12,345", "1,234", "12.3", "0.012"]
+        "—",
+        "yes",
+        "**NO**",
+        "12,345",
+        "1,234",
+        "12.3",
+        "0.012",
+    ]
     assert markdown_table(["a", "b"], [{"a": 1}]) == "| a | b |\n|---|---|\n| 1 | — |"
     info = {"device": "cpu", "cpu": "AMD EPYC 7B13 (64-Core)", "threads": 2}
     assert result_name(info) == "cpu-amd-epyc-7b13-64-core-2t" and result_name(info, tiny=True).endswith("-tiny")

@@ -181,8 +181,11 @@ def test_non_finite_weights_are_refused_naming_the_file_and_the_tensor(tmp_path)
     [
         ("trainer.safetensors", lambda f: f.write_bytes(f.read_bytes()[:50]), "trainer.safetensors .* truncated"),
         ("trainer.json", lambda f: f.write_text(json.dumps({**json.loads(f.read_text()), "rng": None})), "malformed RNG state"),
-        ("trainer.json", lambda f: f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "step"})),
-         "trainer.json .* lacks \\['step'\\]"),
+        (
+            "trainer.json",
+            lambda f: f.write_text(json.dumps({k: v for k, v in json.loads(f.read_text()).items() if k != "step"})),
+            "trainer.json .* lacks \\['step'\\]",
+        ),
         ("trainer.json", lambda f: f.unlink(), "incomplete: trainer.json is missing"),
     ],
 )

@@ -169,8 +169,7 @@ def test_corrupt_file_is_refused(tmp_path, monkeypatch):
 
 
 def _spec(folder):
-    spec = importlib.util.spec_from_file_location(folder.name, folder / "__init__.py",
-                                                  submodule_search_locations=[str(folder)])
+    spec = importlib.util.spec_from_file_location(folder.name, folder / "__init__.py", submodule_search_locations=[str(folder)])
     return spec
 
 

@@ -48,9 +48,9 @@ def greedy(model, prompt, max_new_tokens):
         logits, _ = model(torch.tensor([seq]))
         nxt = int(logits[0, -1].argmax())
         if nxt == EOS:
-            return seq[len(prompt):], True
+            return seq[len(prompt) :], True
         seq.append(nxt)
-    return seq[len(prompt):], False
+    return seq[len(prompt) :], False
 
 
 def score(model, prompt, tokens, finished, length_penalty):
@@ -72,7 +72,7 @@ def test_width_one_is_greedy_token_for_token(gpt):
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14]]
     hyps = beam_search(gpt, prompts, beam_width=1, max_new_tokens=12, eos_id=EOS)
     for p, h in zip(prompts, hyps):
-        out = gpt.generate(torch.tensor([p]), 12, temperature=0.0, eos_id=EOS)[0, len(p):].tolist()
+        out = gpt.generate(torch.tensor([p]), 12, temperature=0.0, eos_id=EOS)[0, len(p) :].tolist()
         assert h.tokens == (out[: out.index(EOS)] if EOS in out else out)
         assert h.finished == (EOS in out)
     for seed in range(5):
@@ -120,13 +120,15 @@ def test_eos_crowding_still_leaves_k_live_beams():
     # Width 2 from token 1: beams [2] and [3]. The next step ranks [2] EOS (0.25), [2, 1] (0.225), [3] EOS (0.216),
     # [3, 4] (0.2115): two of the three best are EOS, so keeping k + 1 = 3 candidates left [2, 1] as the only live
     # beam, while [3, 4] EOS (4 -> EOS has p=0.97) is the best continuation by mean log-prob (-0.53; k + 1: -0.69).
-    probs = torch.tensor([
-        [0.2, 0.2, 0.2, 0.2, 0.2],
-        [0.02, 0.015, 0.5, 0.45, 0.015],
-        [0.5, 0.45, 0.02, 0.02, 0.01],
-        [0.48, 0.01, 0.02, 0.02, 0.47],
-        [0.97, 0.01, 0.01, 0.005, 0.005],
-    ])
+    probs = torch.tensor(
+        [
+            [0.2, 0.2, 0.2, 0.2, 0.2],
+            [0.02, 0.015, 0.5, 0.45, 0.015],
+            [0.5, 0.45, 0.02, 0.02, 0.01],
+            [0.48, 0.01, 0.02, 0.02, 0.47],
+            [0.97, 0.01, 0.01, 0.005, 0.005],
+        ]
+    )
     toy = Bigram(probs)
     penalties = (1.0, 2.0)
     for lp, best in zip(penalties, exhaustive_best(toy, [1], 4, penalties)):
@@ -187,11 +189,20 @@ def test_matches_transformers_beam_search():
         for prompt, k, lp in itertools.product(([1], [39, 4, 5]), widths, penalties):
             ids = torch.tensor([prompt])
             out = hf.generate(
-                ids, attention_mask=torch.ones_like(ids), num_beams=k, do_sample=False, length_penalty=lp,
-                early_stopping=False, num_return_sequences=1, eos_token_id=EOS, pad_token_id=EOS,
-                max_new_tokens=n_new, output_scores=True, return_dict_in_generate=True,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                num_beams=k,
+                do_sample=False,
+                length_penalty=lp,
+                early_stopping=False,
+                num_return_sequences=1,
+                eos_token_id=EOS,
+                pad_token_id=EOS,
+                max_new_tokens=n_new,
+                output_scores=True,
+                return_dict_in_generate=True,
             )
-            new = out.sequences[0, len(prompt):].tolist()
+            new = out.sequences[0, len(prompt) :].tolist()
             theirs = (new[: new.index(EOS)], True) if EOS in new else (new, False)
             h = beam_search(model, [prompt], beam_width=k, max_new_tokens=n_new, eos_id=EOS, length_penalty=lp)[0]
             assert (h.tokens, h.finished) == theirs, (prompt, k, lp)

@@ -91,8 +91,10 @@ def test_none_and_non_strings_are_named_by_position():
 def _test_set():
     """50 reference sentences and two systems: one changes about 1 word in 10, the other 1 in 2."""
     rng = random.Random(0)
-    words = ("le la les un une de du et est dans sur avec pour par qui que chat chien maison terre ciel dieu "
-             "homme femme jour nuit eau feu pain vin roi peuple").split()
+    words = (
+        "le la les un une de du et est dans sur avec pour par qui que chat chien maison terre ciel dieu "
+        "homme femme jour nuit eau feu pain vin roi peuple"
+    ).split()
     refs = [" ".join(rng.choice(words) for _ in range(rng.randint(8, 15))) for _ in range(50)]
 
     def system(p):
@@ -125,8 +127,7 @@ def test_compare_systems_is_sacrebleus_paired_bootstrap(bench_set):
 
     refs, good, bad = bench_set
     result = metrics.compare_systems(bad, good, refs, n_bootstrap=200, names=("bad", "good"))
-    _, direct = PairedTest([("bad", bad), ("good", good)], {"BLEU": sacrebleu.BLEU()}, [refs], test_type="bs",
-                           n_samples=200)()
+    _, direct = PairedTest([("bad", bad), ("good", good)], {"BLEU": sacrebleu.BLEU()}, [refs], test_type="bs", n_samples=200)()
     for ours, theirs in zip((result.baseline, result.system), direct["BLEU"]):
         assert (ours.score, ours.mean, ours.ci) == (theirs.score, theirs.mean, theirs.ci)
         assert ours.low < ours.score < ours.high

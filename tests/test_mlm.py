@@ -151,16 +151,22 @@ def test_word_blanks_and_fill_in_accuracy(tok):
     # A causal "model" that reads the next token scores 1; an encoder that copies its input sees only the mask: 0.
     assert fill_in_accuracy(_Peek(tok.vocab_size, causal=True, shift=1), tok, blanks, k=3) == {"top1": 1.0, "top3": 1.0}
     assert fill_in_accuracy(_Peek(tok.vocab_size, causal=False, shift=0), tok, blanks, k=3)["top1"] == 0.0
-    assert fill_in_accuracy(_Peek(tok.vocab_size, causal=False, shift=0), tok, [Blank(b.ids, b.pos) for b in blanks],
-                            batch_size=1)["top1"] == 0.0
+    assert (
+        fill_in_accuracy(_Peek(tok.vocab_size, causal=False, shift=0), tok, [Blank(b.ids, b.pos) for b in blanks], batch_size=1)[
+            "top1"
+        ]
+        == 0.0
+    )
     with pytest.raises(ValueError, match="No blanks"):
         fill_in_accuracy(_tiny(tok, causal=False), tok, [])
 
 
 def test_minilm_embeddings_are_unit_vectors_that_group_meaning():
-    texts = ["In the beginning God created the heavens and the earth.",
-             "At the start of everything, God made the sky and the land.",
-             "The stock market fell sharply on Monday."]
+    texts = [
+        "In the beginning God created the heavens and the earth.",
+        "At the start of everything, God made the sky and the land.",
+        "The stock market fell sharply on Monday.",
+    ]
     emb = minilm_embed(texts, batch_size=2)
     assert emb.shape == (3, MINILM_DIM) and emb.dtype == torch.float32
     assert torch.allclose(emb.norm(dim=1), torch.ones(3), atol=1e-5)

@@ -127,8 +127,9 @@ def test_kv_cache_generation_equals_recomputing_on_the_pretrained_model(cache):
     n_new = 30
     greedy = [model.generate(prompt, n_new, temperature=0, use_cache=c) for c in (True, False)]
     assert torch.equal(greedy[0], greedy[1]) and greedy[0].shape == (1, prompt.size(1) + n_new)
-    sampled = [model.generate(prompt, n_new, top_k=20, use_cache=c, generator=torch.Generator().manual_seed(1))
-               for c in (True, False)]
+    sampled = [
+        model.generate(prompt, n_new, top_k=20, use_cache=c, generator=torch.Generator().manual_seed(1)) for c in (True, False)
+    ]
     assert torch.equal(sampled[0], sampled[1]) and not torch.equal(sampled[0], greedy[0])
     text = pretrain.complete(model, tok, "In the beginning", max_new_tokens=10)
     assert text == pretrain.complete(model, tok, "In the beginning", max_new_tokens=10, use_cache=False)

@@ -178,8 +178,17 @@ def test_early_stopping_keeps_the_best_weights(tmp_path):
 
     set_seed(0)
     model = Scalar()
-    cfg = TrainConfig(max_steps=100, lr=0.1, min_lr=0.1, warmup_steps=0, weight_decay=0.0, grad_clip=None,
-                      eval_every=2, patience=3, checkpoint_dir=str(tmp_path))
+    cfg = TrainConfig(
+        max_steps=100,
+        lr=0.1,
+        min_lr=0.1,
+        warmup_steps=0,
+        weight_decay=0.0,
+        grad_clip=None,
+        eval_every=2,
+        patience=3,
+        checkpoint_dir=str(tmp_path),
+    )
     trainer = Trainer(model, cfg, lambda i: (torch.full((4,), 3.0),), [(torch.full((4,), 1.0),)], progress=False)
     trainer.fit()
     vals = [r["val_loss"] for r in trainer.history if r["val_loss"] is not None]
@@ -203,8 +212,11 @@ def poisoned_from(i_bad, poison):
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
     poisoned = poisoned_from(6, lambda x, y: {"idx": x, "targets": y, "loss_scale": float("nan")})
     trainer = make_trainer(train_batches=poisoned, max_steps=20, checkpoint_dir=tmp_path, checkpoint_every=2)
-    with pytest.raises(NonFiniteLossError, match=r"training loss is nan at step 7 .*likely cause is the learning rate.*"
-                                                  r"The last good checkpoint, from step 6") as err:
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"training loss is nan at step 7 .*likely cause is the learning rate.*"
+        r"The last good checkpoint, from step 6",
+    ) as err:
         trainer.fit()
     assert err.value.step == 7 and trainer.step == 6
     good = TinyLM()
@@ -226,10 +238,16 @@ def nan_in_a_weight(trainer):
 @pytest.mark.parametrize(
     ("overrides", "spoil", "message"),
     [
-        ({"train_batches": poisoned_from(6, all_ignored)}, None,
-         r"training loss is nan at step 7 .* every target of training micro-batch 6 is -100 \(ignored\)"),
-        ({"val": [VAL[0], all_ignored(*VAL[1])]}, None,
-         r"validation loss is nan after step 3 .* every target of validation batch 1"),
+        (
+            {"train_batches": poisoned_from(6, all_ignored)},
+            None,
+            r"training loss is nan at step 7 .* every target of training micro-batch 6 is -100 \(ignored\)",
+        ),
+        (
+            {"val": [VAL[0], all_ignored(*VAL[1])]},
+            None,
+            r"validation loss is nan after step 3 .* every target of validation batch 1",
+        ),
         ({}, nan_in_a_weight, r"training loss is nan at step 1 .* NaN or inf values in the weights mlp.weight \(from before"),
     ],
     ids=["ignored-train-targets", "ignored-val-targets", "nan-weight"],

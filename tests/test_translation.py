@@ -53,8 +53,13 @@ def test_format_example_places_sep_target_and_eot():
 
 
 def test_prepare_pairs_counts_every_drop():
-    pairs = [("the light", "la lumière"), (" ", "la"), ("the", "la lumière et la nuit et la"), ("the day and the night",
-             "le jour et la nuit".replace("le", "la")), ("the light", "la lumière")]
+    pairs = [
+        ("the light", "la lumière"),
+        (" ", "la"),
+        ("the", "la lumière et la nuit et la"),
+        ("the day and the night", "le jour et la nuit".replace("le", "la")),
+        ("the light", "la lumière"),
+    ]
     data = prepare_pairs(pairs, TOK, max_len=8, max_ratio=2.5)
     assert data.counts == {"pairs": 5, "empty": 1, "misaligned": 1, "too_long": 1, "kept": 2}
     assert len(data.examples) == len(data.pairs) == 2
@@ -96,8 +101,10 @@ def test_loss_is_cross_entropy_over_target_tokens_only(model):
 
 
 def test_padded_batch_gives_the_logits_of_single_items(model):
-    exs = [TranslationExample(*format_example(TOK, s, t)) for s, t in
-           [("the light", "la lumière"), ("the day and the night", "la jour et la nuit"), ("night", "nuit")]]
+    exs = [
+        TranslationExample(*format_example(TOK, s, t))
+        for s, t in [("the light", "la lumière"), ("the day and the night", "la jour et la nuit"), ("night", "nuit")]
+    ]
     batch = collate(exs, TOK.pad_id)
     logits, _ = model(batch["idx"], attention_mask=batch["attention_mask"])
     for row, ex in enumerate(exs):
