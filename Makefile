@@ -12,12 +12,12 @@ PYTEST_WORKERS ?= 2
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml data/packages-nodeps.txt
+$(STAMP): requirements.txt pyproject.toml helpers/packages-nodeps.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip install -q --no-deps -r data/packages-nodeps.txt
+	$(PY) -m pip install -q --no-deps -r helpers/packages-nodeps.txt
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
@@ -26,8 +26,8 @@ lab: setup
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: setup
-	$(PY) -m ruff check helpers tests notebooks $(wildcard benchmarks)
-	$(PY) -m ruff format --check helpers tests notebooks $(wildcard benchmarks)
+	$(PY) -m ruff check helpers tools tests notebooks $(wildcard benchmarks)
+	$(PY) -m ruff format --check helpers tools tests notebooks $(wildcard benchmarks)
 
 # Unit tests and every notebook under nbval, in smoke mode.
 test: lint
@@ -37,15 +37,15 @@ test: lint
 # Re-run notebooks in full mode and store their outputs (what is committed): make notebooks [NB=notebooks/04_pretraining.ipynb]
 NB ?= $(NOTEBOOKS)
 notebooks: setup
-	$(PY) -m helpers.notebooks stamp $(NB)
-	$(PY) -m helpers.notebooks run $(NB)
+	$(PY) -m tools.notebooks stamp $(NB)
+	$(PY) -m tools.notebooks run $(NB)
 
 # Speed and memory against the libraries (benchmarks/README.md): make bench [NOTEBOOKS=1] [ARGS="--compile --steps 500"]
 bench: setup
 	$(PY) -m benchmarks.run $(if $(filter 1,$(NOTEBOOKS)),--notebooks) $(ARGS)
 
 stamp: setup
-	$(PY) -m helpers.notebooks stamp $(NOTEBOOKS)
+	$(PY) -m tools.notebooks stamp $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

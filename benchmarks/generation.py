@@ -15,7 +15,7 @@ from benchmarks.common import Section, interleaved
 from benchmarks.training import COURSE_VOCAB, size_label
 from helpers.hf import to_hf
 from helpers.model import GPT, GPTConfig
-from helpers.pretrain import model_config
+from helpers.recipes.pretrain import model_config
 
 COLUMNS = [
     "model",

@@ -1,7 +1,7 @@
 """The notebooks: run time and peak memory (the kernel's resident set) of each chapter.
 
 Full mode is read from the committed notebooks: ``make notebooks`` stores how the full run went in
-``metadata.course`` (:func:`helpers.notebooks.run`). Smoke mode takes minutes for the whole course, so it is
+``metadata.course`` (:func:`tools.notebooks.run`). Smoke mode takes minutes for the whole course, so it is
 measured live only on request (``make bench NOTEBOOKS=1``): each notebook in a fresh kernel, one after the other.
 """
 
@@ -26,7 +26,7 @@ def _smoke(path: Path) -> tuple[float | None, float | None, str | None]:
     """(seconds, peak MiB, error) of one smoke-mode run in a fresh kernel."""
     from nbclient.exceptions import CellExecutionError, CellTimeoutError
 
-    from helpers.notebooks import run
+    from tools.notebooks import run
 
     try:
         record = run(path, smoke=True, write=False, timeout=SMOKE_LIMIT_S)

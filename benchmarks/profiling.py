@@ -39,7 +39,7 @@ def generation_fns(device: torch.device, tiny: bool = False) -> dict:
     from benchmarks.training import COURSE_VOCAB
     from helpers.hf import to_hf
     from helpers.model import GPT, GPTConfig
-    from helpers.pretrain import model_config
+    from helpers.recipes.pretrain import model_config
 
     config = (
         GPTConfig(vocab_size=97, block_size=48, n_layer=2, n_head=2, n_embd=32)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from benchmarks.common import DTYPES, Section, interleaved, precisions
 from helpers.hf import to_hf
 from helpers.model import GPT, GPTConfig
-from helpers.pretrain import model_config
+from helpers.recipes.pretrain import model_config
 from helpers.train import decay_groups
 
 #: The course tokenizer's vocabulary in full mode (helpers.tokenizers.course_tokenizer).

@@ -1,4 +1,7 @@
-"""Scaled dot-product attention, its masks, and multi-head self-attention (chapter 02; the GPT block reuses it).
+"""Scaled dot-product attention, its masks, and multi-head self-attention, written out to be read (chapter 02).
+
+The GPT of chapter 03 (:class:`helpers.model.SelfAttention`) does not reuse this code: it calls torch's fused
+``scaled_dot_product_attention``, which chapter 02 shows gives the same outputs as the version here, faster.
 
 Mask convention (the same as ``torch.nn.functional.scaled_dot_product_attention``): a boolean mask is True where a
 query **may attend** to a key. ``torch.nn.MultiheadAttention`` uses the opposite (True = blocked) for its
@@ -211,7 +214,7 @@ def plot_attention(weights, labels, ax=None, title=None):
             f"and {len(labels)} labels; pick one example and head, e.g. weights[0, h]."
         )
     ax = ax if ax is not None else plt.gca()
-    ax.imshow(w, cmap="viridis", vmin=0.0, vmax=1.0)
+    ax.imshow(w.numpy(), cmap="viridis", vmin=0.0, vmax=1.0)  # NumPy: matplotlib converting a tensor warns under NumPy 2
     ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.xaxis.tick_top()

@@ -8,6 +8,7 @@ run would have seen, with no data-loader state to save.
   (next-token pretraining).
 - :func:`eval_batches`: a fixed list of windows spread over a validation stream.
 - :class:`ShuffledBatches`: batches of examples from a list, epoch by epoch in a seeded order (fine-tuning).
+- :func:`pad`: token-id lists of different lengths as one padded tensor and its attention mask.
 """
 
 from __future__ import annotations
@@ -18,12 +19,30 @@ import numpy as np
 import torch
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    """A torch generator seeded from ``(seed, step)``; ``SeedSequence`` mixes the pair so no two pairs collide."""
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    state = np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0]
+def seeded_generator(*entropy: int) -> torch.Generator:
+    """A CPU torch generator seeded from the integers ``entropy``, e.g. ``(seed, step)``: NumPy's ``SeedSequence``
+    mixes them, so that no two tuples share a stream (``seed + step`` would: (0, 1) and (1, 0))."""
+    if any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in entropy):
+        raise ValueError(f"a seed and a step must be integers >= 0, got {entropy}")
+    state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one (B, T) tensor padded with ``value`` to the longest (T), and its attention mask (1 =
+    token, 0 = padding). ``side="left"`` puts the padding first, as generation needs (every row ends at T)."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
+    if not sequences:
+        raise ValueError("pad needs at least one sequence.")
+    T = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), T), value, dtype=torch.long)
+    mask = torch.zeros(len(sequences), T, dtype=torch.long)
+    for row, s in enumerate(sequences):
+        span = slice(T - len(s), T) if side == "left" else slice(0, len(s))
+        ids[row, span] = torch.as_tensor(s, dtype=torch.long)
+        mask[row, span] = 1
+    return ids, mask
 
 
 def _as_tokens(tokens, block_size: int) -> torch.Tensor:
@@ -63,7 +82,7 @@ class RandomWindows:
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         n_starts = len(self.tokens) - self.block_size
-        starts = torch.randint(0, n_starts, (self.batch_size,), generator=_step_generator(self.seed, step))
+        starts = torch.randint(0, n_starts, (self.batch_size,), generator=seeded_generator(self.seed, step))
         return _windows(self.tokens, starts, self.block_size)
 
 
@@ -116,7 +135,7 @@ class ShuffledBatches:
             raise ValueError(f"step must be >= 0, got {step}")
         epoch, i = divmod(step, self.batches_per_epoch)
         if epoch != self._epoch:
-            self._order = torch.randperm(len(self.examples), generator=_step_generator(self.seed, epoch))
+            self._order = torch.randperm(len(self.examples), generator=seeded_generator(self.seed, epoch))
             self._epoch = epoch
         picked = self._order[i * self.batch_size : (i + 1) * self.batch_size]
         return self.collate([self.examples[j] for j in picked.tolist()])

@@ -39,7 +39,6 @@ import shutil
 import uuid
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -51,9 +50,6 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None
-
-if TYPE_CHECKING:
-    from helpers.train import Trainer
 
 FORMAT = "gpt-inside-and-out/checkpoint"
 FORMAT_VERSION = 2  # version 1 kept the files directly in the folder, without checkpoint.json
@@ -345,12 +341,13 @@ def load_model_state(model: torch.nn.Module, path) -> dict:
 # ---- the whole state of a Trainer ---------------------------------------------------------------------------
 
 
-def _group_names(trainer: Trainer) -> list[list[str]]:
+def _group_names(trainer) -> list[list[str]]:
     return [list(g["names"]) for g in trainer.optimizer.param_groups]
 
 
-def save_trainer(trainer: Trainer, path) -> Path:
-    """Save the whole training state of ``trainer`` as the checkpoint ``path``; :func:`load_trainer` resumes it."""
+def save_trainer(trainer, path) -> Path:
+    """Save the whole training state of ``trainer`` (a :class:`helpers.train.Trainer`) as the checkpoint ``path``;
+    :func:`load_trainer` resumes it."""
     tensors, values = {}, {}
     for group in trainer.optimizer.param_groups:
         for name, p in zip(group["names"], group["params"]):
@@ -391,11 +388,9 @@ def save_trainer(trainer: Trainer, path) -> Path:
     return _write_checkpoint(path, files)
 
 
-def load_trainer(trainer: Trainer, path) -> None:
+def load_trainer(trainer, path) -> None:
     """Put the state of a :func:`save_trainer` checkpoint into ``trainer``: weights, optimizer, scaler, RNG states,
     step, history, best. Everything is read from one version and checked before anything changes."""
-    from helpers.train import History  # here, not at the top: helpers.train imports this module
-
     path = Path(path)
     weights_only = "It holds weights only: load them with load_model_state, or use a Trainer.save checkpoint."
     files = _read_files(path, (CONFIG_FILE, MODEL_FILE, STATE_FILE, TRAINER_FILE), weights_only)
@@ -411,7 +406,7 @@ def load_trainer(trainer: Trainer, path) -> None:
     try:
         py, npy = meta["rng"]["python"], meta["rng"]["numpy"]
         py_state, np_state = (py[0], tuple(py[1]), py[2]), (npy[0], np.array(npy[1], dtype=np.uint32), *npy[2:])
-        history = History(meta["history"])
+        history = type(trainer.history)(meta["history"])
     except (TypeError, KeyError, IndexError, ValueError) as e:
         raise CheckpointError(
             f"{TRAINER_FILE} in {path} has a malformed RNG state or history ({e!r}): the checkpoint is corrupt."
@@ -434,7 +429,7 @@ def load_trainer(trainer: Trainer, path) -> None:
         torch.cuda.set_rng_state_all(cuda_states)
 
 
-def _optimizer_state(trainer: Trainer, saved: dict, tensors: dict, path: Path) -> dict:
+def _optimizer_state(trainer, saved: dict, tensors: dict, path: Path) -> dict:
     """Rebuild ``optimizer.state_dict()`` from a checkpoint's by-name optimizer state, checking it fits."""
     names = _group_names(trainer)
     if saved.get("groups") != names:

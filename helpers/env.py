@@ -1,4 +1,5 @@
-"""Environment: device, seeds, Colab detection, the smoke/full switch, where caches and checkpoints live."""
+"""Environment: device, seeds, precision, eval mode, Colab detection, the smoke/full switch, where caches and
+checkpoints live."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ MODE = "smoke" if SMOKE else "full"
 
 IN_COLAB = "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
-#: The GitHub ``owner/name`` the Colab badges and setup cells point to; ``python -m helpers.notebooks stamp``
+#: The GitHub ``owner/name`` the Colab badges and setup cells point to; ``python -m tools.notebooks stamp``
 #: writes it into every notebook.
 REPO_SLUG = "gpt-inside-and-out/gpt-inside-and-out"
 
@@ -90,6 +91,19 @@ def autocast(device, dtype=None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def eval_mode(*modules):
+    """Put ``modules`` in eval mode (no dropout) for the ``with`` block, then back in the mode each was in."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
 
 
 def sync(device) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from helpers.env import eval_mode
 from helpers.model import GPT, GPTConfig
 
 #: The weights that GPT-2 keeps in Conv1D layers, stored transposed with respect to ours.
@@ -113,13 +114,7 @@ def from_hf(hf_model) -> GPT:
 @torch.no_grad()
 def max_logit_diff(model: GPT, hf_model, idx: torch.Tensor) -> float:
     """The largest absolute difference between the two models' logits on ``idx`` (B, T), both in eval mode."""
-    was = model.training, hf_model.training
-    model.eval()
-    hf_model.eval()
-    try:
+    with eval_mode(model, hf_model):
         ours, _ = model(idx)
         theirs = hf_model(input_ids=idx).logits
-    finally:
-        model.train(was[0])
-        hf_model.train(was[1])
     return (ours - theirs).abs().max().item()

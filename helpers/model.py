@@ -1,4 +1,5 @@
-"""The GPT of chapter 03: configuration, Transformer block, model, generation and its key/value cache.
+"""The GPT of chapter 03: configuration, Transformer block, model and generation (its key/value cache is in
+:mod:`helpers.decode`).
 
 Parameter names follow GPT-2's (``transformer.wte``, ``transformer.h.0.attn.c_attn``, ``lm_head``...) so that
 weights map one to one onto Hugging Face's ``GPT2LMHeadModel`` (see :mod:`helpers.hf`), and so that later chapters
@@ -27,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.decode import check_token_id, sample_next
+from helpers.decode import KVCache, check_token_id, sample_next
+from helpers.env import eval_mode
 
 
 def _shape(x) -> str:
@@ -40,6 +42,11 @@ def _check_attention_mask(attention_mask, idx: torch.Tensor) -> None:
         raise ValueError(
             f"attention_mask must have the shape of idx {tuple(idx.shape)} (1 = token, 0 = pad), got {_shape(attention_mask)}."
         )
+
+
+def _readable(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s values is free: a CPU tensor, outside torch.compile (where it would break the graph)."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 #: Targets equal to this are ignored by the loss (PyTorch's default ``ignore_index``): padding, prompt tokens.
@@ -77,51 +84,6 @@ class GPTConfig:
         for name in ("bias", "causal"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}.")
-
-
-class KVCache:
-    """Keys and values of every layer for the positions processed so far, in buffers preallocated to ``max_len``.
-
-    ``GPT.forward(..., cache=cache)`` computes keys and values only for the new positions, appends them here and
-    lets the new queries attend over everything cached, so decoding one token costs one position of work instead
-    of the whole prefix. ``length`` counts the positions seen so far (prefix embeddings included).
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int | None = None):
-        max_len = config.block_size if max_len is None else max_len
-        if not 1 <= max_len <= config.block_size:
-            raise ValueError(f"A KVCache holds 1 to block_size={config.block_size} positions, got max_len={max_len}.")
-        self.batch_size, self.max_len, self.length = batch_size, max_len, 0
-        self.keys: list[torch.Tensor | None] = [None] * config.n_layer
-        self.values: list[torch.Tensor | None] = [None] * config.n_layer
-        self.keep: torch.Tensor | None = None  # (B, max_len) bool, allocated once any input has padding
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store the (B, H, T, hd) keys/values of the new positions; return those of all positions so far."""
-        start, end = self.length, self.length + k.size(2)
-        if self.keys[layer] is None:
-            shape = (k.size(0), k.size(1), self.max_len, k.size(3))
-            self.keys[layer], self.values[layer] = k.new_empty(shape), v.new_empty(shape)
-        self.keys[layer][:, :, start:end] = k
-        self.values[layer][:, :, start:end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def key_mask(self, keep: torch.Tensor | None, new: int) -> torch.Tensor | None:
-        """Record which of the ``new`` positions are real tokens; the (B, length + new) mask, or None if none is padding."""
-        if keep is None and self.keep is None:
-            return None
-        if self.keep is None:
-            self.keep = torch.ones(self.batch_size, self.max_len, dtype=torch.bool, device=keep.device)
-        self.keep[:, self.length : self.length + new] = True if keep is None else keep
-        return self.keep[:, : self.length + new]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows ``index`` (in that order), e.g. the surviving hypotheses of a beam search."""
-        self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
-        self.values = [None if v is None else v.index_select(0, index) for v in self.values]
-        if self.keep is not None:
-            self.keep = self.keep.index_select(0, index)
-        self.batch_size = index.numel()
 
 
 class SelfAttention(nn.Module):
@@ -227,7 +189,117 @@ class GPT(nn.Module):
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
 
     # ---------------------------------------------------------------------------------------------- forward
-    def _check_idx(self, idx) -> torch.Tensor:
+    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, prefix_embeds=None, cache=None):
+        """Logits (B, T, vocab_size) for the T tokens of ``idx`` and, given ``targets`` (B, T), the mean categorical
+        cross-entropy over the positions whose target is not -100 (else ``loss`` is None)."""
+        h = self._hidden(idx, attention_mask, position_ids, prefix_embeds, cache)
+        logits = self.lm_head(h[:, h.size(1) - idx.size(1) :])  # a prefix gives no logits
+        loss = None
+        if targets is not None:
+            targets = self._check_targets(targets, idx)
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def hidden_states(self, idx, attention_mask=None, position_ids=None, prefix_embeds=None) -> torch.Tensor:
+        """The final hidden states (after ln_f) of the T tokens, (B, T, n_embd): what a classification head reads."""
+        h = self._hidden(idx, attention_mask, position_ids, prefix_embeds)
+        return h[:, h.size(1) - idx.size(1) :]
+
+    def _hidden(self, idx, attention_mask=None, position_ids=None, prefix_embeds=None, cache=None) -> torch.Tensor:
+        """The final hidden states of every position, prefix included: (B, P + T, C). The steps of any GPT: embed
+        tokens and positions, build the attention mask, run the blocks, normalise."""
+        self._check_inputs(idx, attention_mask, position_ids, prefix_embeds, cache)
+        past = 0 if cache is None else cache.length
+        keep = self._keep(idx, attention_mask, prefix_embeds, cache)
+        x = self._embed(idx, position_ids, prefix_embeds, keep, past)
+        mask, is_causal = self._attention_mask(x.size(1), past, keep, x.device)
+        for block in self.transformer.h:
+            x = block(x, mask, is_causal, cache)
+        if cache is not None:
+            cache.length += x.size(1)
+        return self.transformer.ln_f(x)
+
+    def _keep(self, idx, attention_mask, prefix_embeds, cache: KVCache | None) -> torch.Tensor | None:
+        """Which positions are real tokens, (B, past + P + T) bool, or None when nothing is padding."""
+        keep = None
+        if attention_mask is not None:
+            keep = attention_mask.to(device=idx.device, dtype=torch.bool)
+            if prefix_embeds is not None:
+                keep = torch.cat([keep.new_ones(idx.size(0), prefix_embeds.size(1)), keep], dim=1)
+        if cache is not None:
+            keep = cache.key_mask(keep, idx.size(1) + (0 if prefix_embeds is None else prefix_embeds.size(1)))
+        return keep
+
+    def _embed(self, idx, position_ids, prefix_embeds, keep: torch.Tensor | None, past: int) -> torch.Tensor:
+        """Token embeddings (after the prefix, if any) plus position embeddings: (B, P + T, C)."""
+        B, T = idx.shape
+        x = self.transformer.wte(idx)
+        P = 0
+        if prefix_embeds is not None:
+            P = prefix_embeds.size(1)
+            x = torch.cat([prefix_embeds.to(x.dtype), x], dim=1)
+        if position_ids is not None:
+            pos = position_ids.to(idx.device).long().expand(B, T)
+            if P:
+                pos = torch.cat([torch.arange(past, past + P, device=idx.device).expand(B, P), pos], dim=1)
+        elif keep is None:
+            pos = torch.arange(past, past + P + T, device=idx.device)
+        else:
+            # Count positions over real tokens only, so a left-padded sequence starts at position 0 like an unpadded one.
+            pos = (keep.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
+        return self.transformer.drop(x + self.transformer.wpe(pos))
+
+    def _attention_mask(self, L: int, past: int, keep: torch.Tensor | None, device):
+        """The SDPA mask for L new queries after ``past`` cached positions: (mask or None, is_causal)."""
+        causal = self.config.causal
+        if keep is None:
+            if not causal or L == 1:  # one new query may see every cached key
+                return None, False
+            if past == 0:
+                return None, True  # SDPA's built-in causal mask: the fastest path
+        q_pos = torch.arange(past, past + L, device=device)[:, None]
+        k_pos = torch.arange(past + L, device=device)[None, :]
+        allowed = k_pos <= q_pos if causal else torch.ones(L, past + L, dtype=torch.bool, device=device)
+        if keep is not None:
+            # No query attends to padding; a padding query still sees itself, so that no row of scores is empty
+            # (an all-masked row gives NaN in some SDPA versions). Outputs at padding positions are never used.
+            allowed = (allowed & keep[:, None, None, :]) | (k_pos == q_pos)
+        return allowed, False
+
+    # ------------------------------------------------------------------------------------------- input checks
+    # Shapes and sizes are checked on every call (free: no tensor is read). Token ids and targets are checked against
+    # the vocabulary only where that is free too, on CPU tensors outside torch.compile: on a GPU, reading a tensor's
+    # values makes the host wait for the device at every call. generate checks its prompt's ids once, on any device.
+    def _check_inputs(self, idx, attention_mask, position_ids, prefix_embeds, cache: KVCache | None) -> None:
+        c = self.config
+        self._check_idx(idx, values=_readable(idx))
+        B, T = idx.shape
+        P = 0 if prefix_embeds is None else self._check_prefix(prefix_embeds, B)
+        L = P + T
+        past = 0 if cache is None else cache.length
+        if L == 0:
+            raise ValueError("Nothing to read: idx has no tokens and there is no prefix_embeds.")
+        if past + L > c.block_size:
+            what = f"{L} positions" + (f" ({P} prefix + {T} tokens)" if P else "")
+            after = f" after {past} cached ones" if past else ""
+            raise ValueError(
+                f"The input has {what}{after}, more than block_size={c.block_size}; crop it to the last "
+                f"{c.block_size - past - P} tokens or build the model with a larger block_size."
+            )
+        if cache is not None and (cache.batch_size != B or past + L > cache.max_len):
+            raise ValueError(
+                f"The KVCache was made for batch {cache.batch_size} and {cache.max_len} positions; this call needs batch "
+                f"{B} and {past + L} positions. Make a new KVCache(config, batch_size, max_len)."
+            )
+        if attention_mask is not None:
+            _check_attention_mask(attention_mask, idx)
+        if position_ids is not None:
+            if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((T,), (B, T)):
+                raise ValueError(f"position_ids must be shaped ({T},) or ({B}, {T}) like idx, got {_shape(position_ids)}.")
+            if T and _readable(position_ids) and (position_ids.min() < 0 or position_ids.max() >= c.block_size):
+                raise ValueError(f"position_ids must lie in [0, block_size={c.block_size}).")
+
+    def _check_idx(self, idx, values: bool = True) -> torch.Tensor:
         if not isinstance(idx, torch.Tensor):
             raise TypeError(f"idx must be a torch.Tensor of token ids shaped (batch, time), got {_shape(idx)}.")
         if idx.ndim != 2:
@@ -235,11 +307,13 @@ class GPT(nn.Module):
             raise ValueError(f"idx must be shaped (batch, time), got {tuple(idx.shape)}.{hint}")
         if idx.dtype not in (torch.long, torch.int32):
             raise TypeError(f"idx must hold integer token ids (torch.long), got {idx.dtype}.")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= self.config.vocab_size):
-            raise ValueError(
-                f"Token ids must lie in [0, {self.config.vocab_size}) (vocab_size), got values from {int(idx.min())} to "
-                f"{int(idx.max())}; was the text encoded with another tokenizer?"
-            )
+        if values and idx.numel():
+            lo, hi = torch.aminmax(idx)
+            if lo < 0 or hi >= self.config.vocab_size:
+                raise ValueError(
+                    f"Token ids must lie in [0, {self.config.vocab_size}) (vocab_size), got values from {int(lo)} to "
+                    f"{int(hi)}; was the text encoded with another tokenizer?"
+                )
         return idx
 
     def _check_targets(self, targets, idx: torch.Tensor) -> torch.Tensor:
@@ -249,13 +323,13 @@ class GPT(nn.Module):
         if targets.dtype not in (torch.long, torch.int32):
             raise TypeError(f"targets must hold integer token ids (torch.long), got {targets.dtype}.")
         targets = targets.long()
-        if torch.compiler.is_compiling():  # the .tolist() below would break the compiled graph
+        if not _readable(targets):
             return targets
         n_used = lo = hi = 0
         if targets.numel():
             ignored = targets == IGNORE_INDEX
             lo, hi = torch.aminmax(targets.masked_fill(ignored, 0))
-            n_used, lo, hi = torch.stack([(~ignored).sum(), lo, hi]).tolist()  # one device-to-host sync
+            n_used, lo, hi = torch.stack([(~ignored).sum(), lo, hi]).tolist()
         if n_used == 0:
             raise ValueError(
                 f"Every target is {IGNORE_INDEX} (ignored), so there is nothing to learn from and the loss would be NaN; "
@@ -277,94 +351,6 @@ class GPT(nn.Module):
                 f"prefix_embeds must be shaped (batch={B}, P, n_embd={self.config.n_embd}), got {_shape(prefix_embeds)}."
             )
         return prefix_embeds.shape[1]
-
-    def _attention_mask(self, L: int, past: int, keep: torch.Tensor | None, device):
-        """The SDPA mask for L new queries after ``past`` cached positions: (mask or None, is_causal)."""
-        causal = self.config.causal
-        if keep is None:
-            if not causal or L == 1:  # one new query may see every cached key
-                return None, False
-            if past == 0:
-                return None, True  # SDPA's built-in causal mask: the fastest path
-        q_pos = torch.arange(past, past + L, device=device)[:, None]
-        k_pos = torch.arange(past + L, device=device)[None, :]
-        allowed = k_pos <= q_pos if causal else torch.ones(L, past + L, dtype=torch.bool, device=device)
-        if keep is not None:
-            # No query attends to padding; a padding query still sees itself, so that no row of scores is empty
-            # (an all-masked row gives NaN in some SDPA versions). Outputs at padding positions are never used.
-            allowed = (allowed & keep[:, None, None, :]) | (k_pos == q_pos)
-        return allowed, False
-
-    def _run(self, idx, attention_mask=None, position_ids=None, prefix_embeds=None, cache: KVCache | None = None):
-        """Final hidden states (after ln_f) of every position, prefix included: (B, P + T, C)."""
-        idx = self._check_idx(idx)
-        c = self.config
-        B, T = idx.shape
-        x = self.transformer.wte(idx)
-        P = 0
-        if prefix_embeds is not None:
-            P = self._check_prefix(prefix_embeds, B)
-            x = torch.cat([prefix_embeds.to(x.dtype), x], dim=1)
-        L = P + T
-        past = 0 if cache is None else cache.length
-        if L == 0:
-            raise ValueError("Nothing to read: idx has no tokens and there is no prefix_embeds.")
-        if past + L > c.block_size:
-            what = f"{L} positions" + (f" ({P} prefix + {T} tokens)" if P else "")
-            after = f" after {past} cached ones" if past else ""
-            raise ValueError(
-                f"The input has {what}{after}, more than block_size={c.block_size}; crop it to the last "
-                f"{c.block_size - past - P} tokens or build the model with a larger block_size."
-            )
-        if cache is not None and (cache.batch_size != B or past + L > cache.max_len):
-            raise ValueError(
-                f"The KVCache was made for batch {cache.batch_size} and {cache.max_len} positions; this call needs batch "
-                f"{B} and {past + L} positions. Make a new KVCache(config, batch_size, max_len)."
-            )
-        keep = None
-        if attention_mask is not None:
-            _check_attention_mask(attention_mask, idx)
-            keep = attention_mask.to(device=idx.device, dtype=torch.bool)
-            if P:
-                keep = torch.cat([keep.new_ones(B, P), keep], dim=1)
-        if cache is not None:
-            keep = cache.key_mask(keep, L)
-        if position_ids is not None:
-            if not isinstance(position_ids, torch.Tensor) or position_ids.shape not in ((T,), (B, T)):
-                raise ValueError(f"position_ids must be shaped ({T},) or ({B}, {T}) like idx, got {_shape(position_ids)}.")
-            if T and (position_ids.min() < 0 or position_ids.max() >= c.block_size):
-                raise ValueError(f"position_ids must lie in [0, block_size={c.block_size}).")
-            pos = position_ids.to(idx.device).long().expand(B, T)
-            if P:
-                pos = torch.cat([torch.arange(past, past + P, device=idx.device).expand(B, P), pos], dim=1)
-        elif keep is None:
-            pos = torch.arange(past, past + L, device=idx.device)
-        else:
-            # Count positions over real tokens only, so a left-padded sequence starts at position 0 like an unpadded one.
-            pos = (keep.long().cumsum(dim=1) - 1).clamp(min=0)[:, past:]
-        x = self.transformer.drop(x + self.transformer.wpe(pos))
-        mask, is_causal = self._attention_mask(L, past, keep, x.device)
-        for block in self.transformer.h:
-            x = block(x, mask, is_causal, cache)
-        if cache is not None:
-            cache.length += L
-        return self.transformer.ln_f(x)
-
-    def forward(self, idx, targets=None, attention_mask=None, position_ids=None, prefix_embeds=None, cache=None):
-        """Logits (B, T, vocab_size) for the T tokens of ``idx`` and, given ``targets`` (B, T), the mean categorical
-        cross-entropy over the positions whose target is not -100 (else ``loss`` is None)."""
-        h = self._run(idx, attention_mask, position_ids, prefix_embeds, cache)
-        logits = self.lm_head(h[:, h.size(1) - idx.size(1) :])
-        loss = None
-        if targets is not None:
-            targets = self._check_targets(targets, idx)
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return logits, loss
-
-    def hidden_states(self, idx, attention_mask=None, position_ids=None, prefix_embeds=None) -> torch.Tensor:
-        """The final hidden states (after ln_f) of the T tokens, (B, T, n_embd): what a classification head reads."""
-        h = self._run(idx, attention_mask, position_ids, prefix_embeds)
-        return h[:, h.size(1) - idx.size(1) :]
 
     # -------------------------------------------------------------------------------------------- generation
     @torch.no_grad()
@@ -393,7 +379,7 @@ class GPT(nn.Module):
         Without the cache every step reruns the whole sequence, cropped to its last block_size positions.
         The model is in eval mode (no dropout) while generating and returns to its previous mode afterwards.
         """
-        idx = self._check_idx(idx)
+        idx = self._check_idx(idx)  # the ids' values too, once per call on any device
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}.")
         check_token_id(eos_id, self.config.vocab_size)
@@ -412,15 +398,13 @@ class GPT(nn.Module):
         cache = KVCache(self.config, B, P + T + max_new_tokens) if use_cache and max_new_tokens else None
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out, step_idx, step_keep, step_prefix = idx, idx, keep, prefix_embeds
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             for _ in range(max_new_tokens):
                 if cache is None:
                     start = max(0, out.size(1) - (block - P))  # the sliding window keeps the prefix
                     step_idx = out[:, start:]
                     step_keep = None if keep is None else keep[:, start:]
-                h = self._run(step_idx, step_keep, None, step_prefix, cache)
+                h = self._hidden(step_idx, step_keep, None, step_prefix, cache)
                 nxt = sample_next(self.lm_head(h[:, -1]), temperature, top_k, top_p, generator)
                 if eos_id is not None:
                     nxt = torch.where(finished, eos_id, nxt)
@@ -432,6 +416,4 @@ class GPT(nn.Module):
                     step_idx, step_keep, step_prefix = nxt[:, None], None, None
                 if eos_id is not None and bool(finished.all()):
                     break
-        finally:
-            self.train(was_training)
         return out

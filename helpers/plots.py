@@ -75,7 +75,9 @@ def _in_notebook() -> bool:
 class LiveLossPlot:
     """Loss curves that redraw in place at each :meth:`update` in a notebook (Jupyter, Colab).
 
-    Outside a notebook (a script, a test) updates draw nothing and :meth:`close` shows one final plot.
+    Give one to a trainer, ``Trainer(..., live_plot=LiveLossPlot())``: it calls :meth:`update` after each evaluation
+    and :meth:`close` when ``fit`` returns (a later ``fit`` draws a new figure). Outside a notebook (a script, a test)
+    updates draw nothing and :meth:`close` shows one final plot.
     """
 
     def __init__(self, title: str | None = None):
@@ -106,6 +108,7 @@ class LiveLossPlot:
         """Draw the final state: in place in a notebook, else one figure shown with ``plt.show()``."""
         if self.live:
             self.update(history)
+            self._handle = None
         else:
             self._figure(history)
             plt.show()

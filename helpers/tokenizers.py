@@ -24,6 +24,7 @@ from pathlib import Path
 
 import regex
 
+from helpers.data import corpus_text, gpt2_ranks_path
 from helpers.env import artifact_dir, atomic_write_bytes, pick
 
 #: GPT-2's pre-tokenization pattern (as ``tiktoken`` writes it): contractions, runs of letters, of digits, of other
@@ -31,8 +32,6 @@ from helpers.env import artifact_dir, atomic_write_bytes, pick
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
 GPT2_EOT = "<|endoftext|>"
 GPT2_EOT_ID = 50256
-_GPT2_RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
-
 #: The course tokenizer's special tokens, in id order 0-3: end of text, padding, separator (source | target), mask.
 SPECIAL_TOKENS = ("<|endoftext|>", "<|pad|>", "<|sep|>", "<|mask|>")
 
@@ -435,9 +434,7 @@ def gpt2_ranks() -> dict[bytes, int]:
     """GPT-2's 50,000 merges + 256 bytes as ``{token_bytes: rank}``, from the file shipped with ``openai-whisper``."""
     from tiktoken.load import load_tiktoken_bpe
 
-    from helpers.data import gpt2_ranks_path
-
-    return load_tiktoken_bpe(str(gpt2_ranks_path()), expected_hash=_GPT2_RANKS_SHA256)
+    return load_tiktoken_bpe(str(gpt2_ranks_path()))  # gpt2_ranks_path checks the file's SHA-256
 
 
 @cache
@@ -525,8 +522,6 @@ def course_tokenizer(vocab_size: int | None = None) -> CourseTokenizer:
 
     A cached file is used only if it loads, has the right size and special ids, and round-trips a probe text;
     otherwise it is rebuilt (with a warning)."""
-    from helpers.data import corpus_text
-
     vocab_size = pick(smoke=512, full=4096) if vocab_size is None else vocab_size
     if not isinstance(vocab_size, int) or vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)}, got {vocab_size!r}.")

@@ -34,7 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from helpers.checkpoint import load_trainer, save_model, save_trainer
-from helpers.env import autocast, autocast_dtype, set_seed
+from helpers.env import autocast, autocast_dtype, eval_mode, set_seed
 
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -186,8 +186,9 @@ class Trainer:
 
     ``fit()`` trains up to ``cfg.max_steps`` updates (``fit(steps=n)``: ``n`` more) and can be called again to go
     on. ``history`` (a :class:`History`), ``step``, ``best_val``, ``best_step`` and ``stopped_early`` describe the
-    run. ``device`` defaults to the device of the model's parameters. ``progress`` shows a tqdm bar;
-    ``live_plot`` redraws the loss curves at each evaluation in a notebook (one final plot elsewhere).
+    run. ``device`` defaults to the device of the model's parameters. ``progress`` shows a tqdm bar.
+    ``live_plot``: anything with ``update(history)`` (called after each evaluation) and ``close(history)`` (when
+    ``fit`` returns), such as :class:`helpers.plots.LiveLossPlot`, which redraws the loss curves in a notebook.
     With ``cfg.patience``, early stopping puts the best weights back into the model.
     """
 
@@ -200,7 +201,7 @@ class Trainer:
         *,
         device=None,
         progress: bool = True,
-        live_plot: bool = False,
+        live_plot=None,
     ):
         if not callable(train_batches):
             raise TypeError(
@@ -213,6 +214,11 @@ class Trainer:
             )
         if cfg.patience is not None and val_batches is None:
             raise ValueError("cfg.patience needs val_batches: early stopping watches the validation loss.")
+        if live_plot is not None and not all(callable(getattr(live_plot, m, None)) for m in ("update", "close")):
+            raise TypeError(
+                "live_plot must have update(history) and close(history) methods, e.g. live_plot=helpers.plots.LiveLossPlot(); "
+                f"got {live_plot!r}."
+            )
         self.model, self.cfg = model, cfg
         self.train_batches, self.val_batches = train_batches, val_batches
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -345,17 +351,13 @@ class Trainer:
         """The mean loss over ``val_batches`` (weighted by tokens), with the model in eval mode."""
         if self.val_batches is None:
             raise ValueError("This Trainer has no val_batches to evaluate on: pass val_batches=... when creating it.")
-        was_training = self.model.training
-        self.model.eval()
         total, count = torch.zeros((), device=self.device), 0
-        try:
+        with eval_mode(self.model):
             for batch in self.val_batches:
                 batch = _to_device(batch, self.device)
                 n = _n_tokens(batch)
                 total += self._loss(batch) * n
                 count += n
-        finally:
-            self.model.train(was_training)
         if count == 0:
             raise ValueError("val_batches holds no batches: give a non-empty list, e.g. helpers.batches.eval_batches(...).")
         return (total / count).item()
@@ -395,11 +397,7 @@ class Trainer:
         if self.step == 0:
             set_seed(cfg.seed)
         self.model.train()
-        plot = None
-        if self.live_plot:
-            from helpers.plots import LiveLossPlot
-
-            plot = LiveLossPlot()
+        plot = self.live_plot
         every = cfg.checkpoint_every or cfg.eval_every
         started, elapsed_before = time.perf_counter(), self._elapsed
         with tqdm(total=target, initial=self.step, desc="training", unit="step", disable=not self.progress) as bar:

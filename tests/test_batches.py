@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers.batches import RandomWindows, ShuffledBatches, eval_batches
+from helpers.batches import RandomWindows, ShuffledBatches, eval_batches, pad, seeded_generator
 
 TOKENS = torch.arange(1000) % 97  # every window is recognisable: y = (x + 1) mod 97
 
@@ -74,3 +74,23 @@ def test_shuffled_batches_visit_every_example_once_per_epoch():
     assert torch.equal(fresh(4), batches(4)) and torch.equal(fresh(1), batches(1))
     with pytest.raises(ValueError, match="batch_size"):
         ShuffledBatches(examples, 11, torch.tensor)
+
+
+def test_pad_right_and_left_with_masks():
+    ids, mask = pad([[5, 6, 7], [8]], value=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    ids, mask = pad([(5, 6, 7), (8,)], value=-100, side="left")
+    assert ids.tolist() == [[5, 6, 7], [-100, -100, 8]] and mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert ids.dtype == mask.dtype == torch.long
+    with pytest.raises(ValueError, match="side"):
+        pad([[1]], 0, side="middle")
+    with pytest.raises(ValueError, match="at least one"):
+        pad([], 0)
+
+
+def test_seeded_generators_differ_by_key_and_repeat():
+    draw = lambda *key: torch.randint(1000, (8,), generator=seeded_generator(*key)).tolist()
+    assert draw(0, 1) == draw(0, 1)
+    assert len({tuple(draw(*key)) for key in [(0, 1), (1, 0), (0, 1, 1), (0, 2)]}) == 4
+    with pytest.raises(ValueError, match="integers >= 0"):
+        seeded_generator(0, -1)

@@ -10,13 +10,11 @@ import nbformat
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is not an installed package: import it from the checkout
-    sys.path.insert(0, str(ROOT))
+from benchmarks import attention, convergence, generation, notebooks, profiling, training
+from benchmarks.common import fmt, interleaved, markdown_table, result_name
+from benchmarks.run import SECTIONS
 
-from benchmarks import attention, convergence, generation, notebooks, profiling, training  # noqa: E402
-from benchmarks.common import fmt, interleaved, markdown_table, result_name  # noqa: E402
-from benchmarks.run import SECTIONS  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 COLUMNS = {
     "training": training.COLUMNS,
@@ -134,7 +132,7 @@ def test_bad_arguments_are_refused_with_a_hint(args, message):
 
 
 def test_first_training_size_is_chapter_04s_model():
-    from helpers.pretrain import model_config
+    from helpers.recipes.pretrain import model_config
 
     config, _ = training.sizes(torch.device("cpu"))[0]
     assert config == model_config(training.COURSE_VOCAB)

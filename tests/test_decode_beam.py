@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from helpers.decode import Hypothesis, beam_search, normalised_score
+from helpers.hf import to_hf
 from helpers.model import GPT, GPTConfig
 
 EOS = 0
@@ -178,9 +179,6 @@ def test_matches_transformers_beam_search():
     releases did not, which only matters for lp != 0), and stop once k are finished and the best live beam, divided
     by its current length ** lp, does not beat the worst of them. In the EOS-heavy models EOS crowds the top
     candidates: there keeping only k + 1 of them lost live beams and returned other tokens than transformers."""
-    pytest.importorskip("transformers")
-    from helpers.hf import to_hf
-
     cases = [(tiny_gpt(0, eos_heavy=False), (2, 4), (0.0, 1.0))]  # (model, beam widths, length penalties)
     cases += [(tiny_gpt(seed, eos_heavy=True), (2, 3), (0.0, 1.0, 2.0)) for seed in (0, 3)]
     n_new, n_finished = 12, 0

@@ -72,3 +72,14 @@ def test_device_can_be_forced(monkeypatch, capsys):
     monkeypatch.setenv("COURSE_DEVICE", "cpu")
     assert env.get_device().type == "cpu"
     assert "set by COURSE_DEVICE" in capsys.readouterr().out
+
+
+def test_eval_mode_restores_each_module_even_after_an_error():
+    a, b = torch.nn.Dropout(0.5).train(), torch.nn.Dropout(0.5).eval()
+    try:
+        with env.eval_mode(a, b):
+            assert not a.training and not b.training
+            raise KeyError("inside")
+    except KeyError:
+        pass
+    assert a.training and not b.training

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+import transformers
 
 from helpers.hf import from_hf, hf_config, max_logit_diff, to_hf
 from helpers.model import GPT, GPTConfig
-
-transformers = pytest.importorskip("transformers")
 
 CONFIG = dict(vocab_size=211, block_size=40, n_layer=2, n_head=4, n_embd=32)
 

@@ -1,13 +1,13 @@
-"""helpers.mlm (BERT masking, masked batches, filling in blanks) and helpers.encoders (MiniLM sentence embeddings)."""
+"""helpers.recipes.mlm (BERT masking, masked batches, filling in blanks) and helpers.sentence_embeddings (MiniLM)."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from helpers.encoders import MINILM_DIM, mean_pool, minilm_embed
-from helpers.mlm import Blank, MaskedWindows, fill_in_accuracy, fill_mask, mask_tokens, masked_eval_batches, word_blanks
 from helpers.model import GPT, GPTConfig
+from helpers.recipes.mlm import Blank, MaskedWindows, fill_in_accuracy, fill_mask, mask_tokens, masked_eval_batches, word_blanks
+from helpers.sentence_embeddings import MINILM_DIM, mean_pool, minilm_embed
 from helpers.tokenizers import course_tokenizer
 
 V, MASK, SPECIAL = 1000, 3, (0, 1, 2, 3)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from helpers.decode import sample_next, top_k_filter, top_p_filter
-from helpers.model import GPT, GPTConfig, KVCache
+from helpers.decode import KVCache, sample_next, top_k_filter, top_p_filter
+from helpers.model import GPT, GPTConfig
 
 V, BLOCK = 97, 48
 
@@ -185,6 +185,46 @@ def test_bad_inputs_have_clear_errors(model):
         model(tokens(2, 5), attention_mask=torch.ones(2, 4))
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
+
+
+def _explain(model, *args, **kwargs):
+    torch._dynamo.reset()
+    try:
+        return torch._dynamo.explain(model)(*args, **kwargs)
+    finally:
+        torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_a_training_forward_compiles_to_one_graph(padded):
+    model = tiny(dropout=0.1).train()
+    mask = torch.ones(2, 12, dtype=torch.long)
+    if padded:
+        mask[0, :4] = 0
+    out = _explain(model, tokens(2, 12), tokens(2, 12, seed=2), attention_mask=mask if padded else None)
+    assert (out.graph_count, out.graph_break_count) == (1, 0), out.break_reasons
+
+
+def test_a_cached_decoding_step_compiles_to_one_graph(model):
+    cache = KVCache(model.config, 2, 20)
+    with torch.no_grad():
+        model(tokens(2, 8), cache=cache)
+        out = _explain(model, tokens(2, 1, seed=3), cache=cache)
+    assert (out.graph_count, out.graph_break_count) == (1, 0), out.break_reasons
+    assert cache.length == 9  # the traced step updated the cache like an eager one
+
+
+def test_token_values_are_checked_where_free_and_once_per_generate(model, monkeypatch):
+    import helpers.model as model_module
+
+    bad = torch.tensor([[1, V]])
+    monkeypatch.setattr(model_module, "_readable", lambda t: False)  # as for a GPU tensor: forward reads no values
+    with pytest.raises(IndexError):  # our check is skipped, so the embedding lookup is what fails
+        model(bad)
+    with pytest.raises(ValueError, match="idx\\[None\\]"):
+        model(tokens(1, 5)[0])
+    with pytest.raises(ValueError, match="vocab_size"):
+        model.generate(bad, 2)  # generate checks its prompt on any device
 
 
 def test_bad_targets_have_clear_errors(model):

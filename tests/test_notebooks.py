@@ -5,7 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from helpers import notebooks
+from tools import notebooks
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))

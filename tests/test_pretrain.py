@@ -1,4 +1,4 @@
-"""helpers.pretrain: the token streams, and a pretrained checkpoint that is trained when absent, loaded when it fits,
+"""helpers.recipes.pretrain: the token streams, and a pretrained checkpoint that is trained when absent, loaded when it fits,
 retrained when stale, corrupt or non-finite; generation with and without the KV cache agrees on the trained model."""
 
 import shutil
@@ -7,10 +7,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from helpers import pretrain
 from helpers.checkpoint import current_version, read_config, save_model
 from helpers.data import corpus_text
 from helpers.env import artifact_dir
+from helpers.recipes import pretrain
 from helpers.tokenizers import course_tokenizer
 from helpers.train import TrainConfig
 

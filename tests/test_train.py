@@ -285,10 +285,30 @@ def test_trainer_rejects_bad_input_clearly():
         no_targets.fit()
 
 
+def test_live_plot_is_any_object_told_of_each_evaluation_and_the_end():
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def update(self, history):
+            self.calls.append(("update", history[-1]["step"]))
+
+        def close(self, history):
+            self.calls.append(("close", len(history)))
+
+    recorder = Recorder()
+    trainer = make_trainer(max_steps=7, eval_every=3)
+    trainer.live_plot = recorder
+    trainer.fit()
+    assert recorder.calls == [("update", 3), ("update", 6), ("update", 7), ("close", 7)]
+    with pytest.raises(TypeError, match="LiveLossPlot"):
+        Trainer(TinyLM(), TrainConfig(max_steps=2, warmup_steps=0), lambda i: None, live_plot=True)
+
+
 def test_plots_draw_history_schedule_and_a_final_live_plot():
     plt.close("all")
     trainer = make_trainer(max_steps=30, eval_every=10)
-    trainer.live_plot = True
+    trainer.live_plot = LiveLossPlot()
     trainer.fit()
     assert len(plt.get_fignums()) == 1  # outside a notebook: one final figure
     lines = plt.gca().get_lines()

@@ -1,4 +1,4 @@
-"""helpers.translation: prompt format, loss masking, padding, batches and scoring for the decoder-only translator."""
+"""helpers.recipes.translation: prompt format, loss masking, padding, batches and scoring for the decoder-only translator."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from helpers.model import GPT, GPTConfig
-from helpers.translation import (
+from helpers.recipes.translation import (
     TranslationExample,
     collate,
     evaluate,

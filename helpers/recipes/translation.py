@@ -15,10 +15,12 @@ from dataclasses import dataclass
 
 import torch
 
-from helpers.batches import ShuffledBatches
+from helpers.batches import ShuffledBatches, pad
 from helpers.decode import beam_search
+from helpers.env import set_seed
 from helpers.metrics import bleu, chrf
 from helpers.model import IGNORE_INDEX
+from helpers.plots import LiveLossPlot
 from helpers.train import TrainConfig, Trainer
 
 
@@ -92,16 +94,10 @@ def collate(examples: list[TranslationExample], pad_id: int) -> dict[str, torch.
     is 1 on real tokens. ``GPT.forward(**batch)`` then gives the mean cross-entropy over target tokens only."""
     if not examples:
         raise ValueError("collate needs at least one example.")
-    T = max(len(e.ids) for e in examples) - 1
-    idx = torch.full((len(examples), T), pad_id, dtype=torch.long)
-    targets = torch.full((len(examples), T), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(examples), T), dtype=torch.long)
-    for i, e in enumerate(examples):
-        ids = torch.tensor(e.ids, dtype=torch.long)
-        n = len(e.ids) - 1
-        idx[i, :n], mask[i, :n] = ids[:-1], 1
-        # Position t predicts ids[t + 1]; the first target token is predicted at the <|sep|> position.
-        targets[i, e.target_start - 1 : n] = ids[e.target_start :]
+    idx, mask = pad([e.ids[:-1] for e in examples], pad_id)
+    # Position t predicts ids[t + 1]: the target tokens, predicted from the <|sep|> position on, count; the rest not.
+    shifted = [[IGNORE_INDEX] * (e.target_start - 1) + list(e.ids[e.target_start :]) for e in examples]
+    targets, _ = pad(shifted, IGNORE_INDEX)
     return {"idx": idx, "targets": targets, "attention_mask": mask}
 
 
@@ -173,13 +169,9 @@ def translate(
                 for h in beam_search(model, batch, beam_width, n_new, tokenizer.eot_id, length_penalty, pad_id=tokenizer.pad_id)
             ]
         else:
-            idx = torch.full((len(batch), T), tokenizer.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(idx)
-            for r, p in enumerate(batch):
-                idx[r, T - len(p) :], mask[r, T - len(p) :] = torch.tensor(p), 1
-            gen = model.generate(idx.to(device), n_new, temperature=0.0, eos_id=tokenizer.eot_id, attention_mask=mask.to(device))[
-                :, T:
-            ].tolist()
+            idx, mask = pad(batch, tokenizer.pad_id, side="left")
+            full = model.generate(idx.to(device), n_new, temperature=0.0, eos_id=tokenizer.eot_id, attention_mask=mask.to(device))
+            gen = full[:, T:].tolist()
             new = [row[: row.index(tokenizer.eot_id)] if tokenizer.eot_id in row else row for row in gen]
         for i, ids in zip(chunk, new):
             out[i] = tokenizer.decode(ids).strip()
@@ -227,7 +219,7 @@ def finetune(
         eval_every=max(1, steps // 10) if eval_every is None else eval_every,
         patience=patience,
     )
-    trainer = Trainer(model, cfg, train_batches, val_batches, progress=progress, live_plot=live_plot)
+    trainer = Trainer(model, cfg, train_batches, val_batches, progress=progress, live_plot=LiveLossPlot() if live_plot else None)
     trainer.fit()
     return trainer
 
@@ -302,8 +294,6 @@ def marian_baseline(
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, Seq2SeqTrainer, Seq2SeqTrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
-    from helpers.env import set_seed
-
     set_seed(seed)
     model = MarianMTModel(marian_config(tokenizer, d_model, layers, heads, max_positions))
     hf_tok = tokenizer.to_hf()
@@ -355,11 +345,8 @@ def marian_translate(model, tokenizer, sources, batch_size: int = 32, num_beams:
     out: list[str] = [""] * len(enc)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        T = max(len(enc[i]) for i in chunk)
-        ids = torch.full((len(chunk), T), tokenizer.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, i in enumerate(chunk):
-            ids[r, : len(enc[i])], mask[r, : len(enc[i])] = torch.tensor(enc[i]), 1
+        ids, mask = pad([enc[i] for i in chunk], tokenizer.pad_id)
+        T = ids.size(1)
         gen = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),

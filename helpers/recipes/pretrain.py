@@ -21,8 +21,10 @@ import torch
 
 from helpers.batches import RandomWindows, eval_batches
 from helpers.checkpoint import CheckpointError, NoCheckpointError, load_model_state, read_config, save_model
+from helpers.data import corpus_text
 from helpers.env import MODE, artifact_dir, get_device, pick, set_seed
 from helpers.model import GPT, GPTConfig
+from helpers.plots import LiveLossPlot
 from helpers.tokenizers import CourseTokenizer, course_tokenizer
 from helpers.train import TrainConfig, Trainer
 
@@ -77,8 +79,6 @@ def token_streams(tokenizer: CourseTokenizer) -> tuple[torch.Tensor, torch.Tenso
     mode every 8th train verse, as the smoke tokenizer is trained on, so that encoding takes a second).
 
     Encoded once per tokenizer and process (it takes seconds in full mode); each call returns fresh copies."""
-    from helpers.data import corpus_text
-
     key = _tokenizer_hash(tokenizer)
     if key not in _STREAMS:
         train = corpus_text("train").splitlines(keepends=True)
@@ -124,7 +124,8 @@ def build_trainer(
     """A freshly initialised model of the recipe and its :class:`Trainer`, ready for ``trainer.fit()``.
 
     ``steps`` replaces the recipe's ``max_steps`` (the learning-rate schedule is then planned over ``steps``).
-    Call ``fit(steps=n)`` repeatedly to look at the model between parts of the run.
+    Call ``fit(steps=n)`` repeatedly to look at the model between parts of the run. ``live_plot`` redraws the loss
+    curves at each evaluation (:class:`helpers.plots.LiveLossPlot`).
     """
     tokenizer = course_tokenizer() if tokenizer is None else tokenizer
     device = get_device(verbose=False) if device is None else torch.device(device)
@@ -143,7 +144,7 @@ def build_trainer(
         RandomWindows(train_ids, mcfg.block_size, BATCH_SIZE, seed=cfg.seed),
         eval_batches(val_ids, mcfg.block_size, BATCH_SIZE, n_batches=N_VAL_BATCHES),
         device=device,
-        live_plot=live_plot,
+        live_plot=LiveLossPlot() if live_plot else None,
     )
     return model, trainer
 

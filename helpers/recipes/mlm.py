@@ -20,10 +20,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from helpers.batches import RandomWindows, eval_batches
+from helpers.batches import RandomWindows, eval_batches, pad, seeded_generator
+from helpers.env import eval_mode
 from helpers.model import IGNORE_INDEX
 
 #: Of the selected tokens, these fractions become ``[MASK]`` and a random token; the rest stay unchanged (BERT).
@@ -77,8 +77,7 @@ def mask_tokens(
 
 def _mask_generator(seed: int, step: int) -> torch.Generator:
     """The generator of the masks of batch ``step``: seeded from ``(seed, step)`` apart from the windows' own draws."""
-    state = np.random.SeedSequence([seed, step, 1]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    return seeded_generator(seed, step, 1)
 
 
 class MaskedWindows:
@@ -135,14 +134,9 @@ def masked_eval_batches(
 def _eval_logits(model, idx: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
     """Logits of ``model`` for ``idx`` on the model's device, in eval mode (restored afterwards), without gradients."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            mask = None if attention_mask is None else attention_mask.to(device)
-            return model(idx.to(device), attention_mask=mask)[0].float().cpu()
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        mask = None if attention_mask is None else attention_mask.to(device)
+        return model(idx.to(device), attention_mask=mask)[0].float().cpu()
 
 
 def fill_mask(
@@ -242,13 +236,9 @@ def fill_in_accuracy(model, tokenizer, blanks: Sequence[Blank], k: int = 5, batc
     top1 = topk = 0
     for start in range(0, len(blanks), batch_size):
         chunk = blanks[start : start + batch_size]
-        width = max(len(b.ids) for b in chunk)
-        idx = torch.full((len(chunk), width), tokenizer.pad_id, dtype=torch.long)
-        attention = torch.zeros_like(idx)
-        for row, b in enumerate(chunk):
-            idx[row, : len(b.ids)] = torch.tensor(b.ids)
-            attention[row, : len(b.ids)] = 1
-            if not causal:
+        idx, attention = pad([b.ids for b in chunk], tokenizer.pad_id)
+        if not causal:
+            for row, b in enumerate(chunk):
                 idx[row, b.pos] = tokenizer.mask_id
         logits = _eval_logits(model, idx, attention)
         rows = torch.arange(len(chunk))

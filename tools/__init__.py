@@ -1,0 +1,1 @@
+"""Repository tooling (not part of the package learners import): stamping and running the notebooks."""
