@@ -20,14 +20,17 @@ from torch import nn
 
 
 def causal_mask(T: int, device=None) -> torch.Tensor:
-    """The (T, T) boolean mask of a decoder: query t may attend to keys 0..t (True on and below the diagonal)."""
+    """The (T, T) boolean mask of a decoder: query t may attend to keys 0..t (True on and below the diagonal).
+
+    Taught in chapter 02, section 4.
+    """
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"causal_mask needs a positive integer length, got {T!r}.")
     return torch.ones(T, T, dtype=torch.bool, device=device).tril()
 
 
 def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """From a (B, T) 0/1 tensor (1 = real token, 0 = padding) to a (B, 1, 1, T) boolean key mask.
+    """From a (B, T) 0/1 tensor (1 = real token, 0 = padding) to a (B, 1, 1, T) boolean key mask (chapter 02, section 5).
 
     The result broadcasts against (B, n_head, T_q, T): no query may attend to a padding key. For scores without a
     head dimension, (B, T_q, T), use ``padding_mask(m)[:, 0]``.
@@ -85,7 +88,7 @@ def _check_qkv(q, k, v):
 
 
 def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, *, dropout_p: float = 0.0):
-    """softmax(q kᵀ / √d + mask) v, written out so that the weights can be looked at.
+    """softmax(q kᵀ / √d + mask) v, written out so that the weights can be looked at (chapter 02, section 2).
 
     q: (..., T_q, d), k: (..., T_k, d), v: (..., T_k, d_v). ``mask`` broadcasts to (..., T_q, T_k) and is either
     boolean (True = may attend, as in torch's SDPA) or an additive float mask (0 = keep, -inf = block).
@@ -115,7 +118,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, is_causal=False, *, dropout
 
 
 class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention with one fused input projection.
+    """Multi-head self-attention with one fused input projection (chapter 02, section 6).
 
     ``qkv`` is one ``nn.Linear(d_model, 3 * d_model)`` whose output rows are [queries; keys; values], the layout of
     ``nn.MultiheadAttention.in_proj_weight`` (and of GPT-2's ``c_attn``, transposed); ``proj`` mixes the heads.
@@ -204,7 +207,10 @@ class MultiHeadAttention(nn.Module):
 
 
 def plot_attention(weights, labels, ax=None, title=None):
-    """Draw one (T_q, T_k) weight matrix as a heatmap, queries down the side and keys along the top; returns ax."""
+    """Draw one (T_q, T_k) weight matrix as a heatmap, queries down the side and keys along the top; returns ax.
+
+    First used in chapter 02, section 2.
+    """
     import matplotlib.pyplot as plt
 
     w = weights.detach().float().cpu()

@@ -9,6 +9,8 @@ run would have seen, with no data-loader state to save.
 - :func:`eval_batches`: a fixed list of windows spread over a validation stream.
 - :class:`ShuffledBatches`: batches of examples from a list, epoch by epoch in a seeded order (fine-tuning).
 - :func:`pad`: token-id lists of different lengths as one padded tensor and its attention mask.
+
+Chapter 04, section 2 introduces the training windows; chapter 06 fine-tunes on :class:`ShuffledBatches`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 
 def seeded_generator(*entropy: int) -> torch.Generator:
     """A CPU torch generator seeded from the integers ``entropy``, e.g. ``(seed, step)``: NumPy's ``SeedSequence``
-    mixes them, so that no two tuples share a stream (``seed + step`` would: (0, 1) and (1, 0))."""
+    mixes them, so that no two tuples share a stream (``seed + step`` would: (0, 1) and (1, 0)).
+    Not shown in a notebook: chapter 04's windows, chapter 05's masks and chapter 06's batches draw from it."""
     if any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in entropy):
         raise ValueError(f"a seed and a step must be integers >= 0, got {entropy}")
     state = np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]
@@ -30,7 +33,8 @@ def seeded_generator(*entropy: int) -> torch.Generator:
 
 def pad(sequences: Sequence[Sequence[int]], value: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id lists as one (B, T) tensor padded with ``value`` to the longest (T), and its attention mask (1 =
-    token, 0 = padding). ``side="left"`` puts the padding first, as generation needs (every row ends at T)."""
+    token, 0 = padding). ``side="left"`` puts the padding first, as generation needs (every row ends at T).
+    Not shown in a notebook: chapter 05's fill-in accuracy and chapter 06's batches and decoding pad with it."""
     if side not in ("left", "right"):
         raise ValueError(f"side must be 'left' or 'right', got {side!r}.")
     if not sequences:
@@ -70,6 +74,8 @@ class RandomWindows:
     ``y[:, t]`` is the token after ``x[:, t]``. Window starts are drawn uniformly from a generator seeded by
     ``(seed, step)``, so ``batches(step)`` always returns the same batch. Tensors stay on the CPU; the trainer
     moves them to its device.
+
+    Taught in chapter 04, section 2.
     """
 
     def __init__(self, tokens, block_size: int, batch_size: int, seed: int = 0):
@@ -92,6 +98,8 @@ def eval_batches(tokens, block_size: int, batch_size: int, n_batches: int | None
     With ``n_batches=None``: every non-overlapping window, in order (the last batch may be smaller). With
     ``n_batches``: ``n_batches * batch_size`` windows spread evenly over the whole stream, so a capped evaluation
     still sees all of it (e.g. both languages of a stream that holds English then French).
+
+    Named in chapter 04, section 2; first used in section 5.
     """
     tokens = _as_tokens(tokens, block_size)
     n_fit = (len(tokens) - 1) // block_size  # non-overlapping windows that fit
@@ -118,6 +126,8 @@ class ShuffledBatches:
     batch_size`` examples left over at the end of an epoch are skipped that epoch (they come up in others).
     ``collate`` turns a list of examples into a batch: a tuple (passed as ``model(*batch)``) or a dict
     (``model(**batch)``), e.g. padded token ids and targets.
+
+    Not shown in a notebook: chapter 06's :func:`helpers.recipes.translation.finetune` (section 4) draws from it.
     """
 
     def __init__(self, examples: Sequence, batch_size: int, collate: Callable[[list], object], seed: int = 0):

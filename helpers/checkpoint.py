@@ -25,6 +25,8 @@ belong together. The previous version is not kept: when a writer removes the ver
 reader finds ``checkpoint.json`` moved on and reads the new version instead. Every file must match its SHA-256 and
 the weights must be finite, or loading raises :class:`CheckpointError` (so does a folder of the first layout, with
 ``model.safetensors`` and ``config.json`` directly in ``path``: save it again).
+
+Chapter 04, section 4 saves the pretrained model as one and explains this layout; chapters 05 and 06 load it.
 """
 
 from __future__ import annotations
@@ -74,11 +76,17 @@ _READ_ATTEMPTS = 10  # each retry means another save finished meanwhile, so only
 
 
 class CheckpointError(ValueError):
-    """A checkpoint folder is missing, incomplete, corrupt, or does not fit the model it is loaded into."""
+    """A checkpoint folder is missing, incomplete, corrupt, or does not fit the model it is loaded into.
+
+    Not shown in a notebook: chapter 04's :func:`helpers.recipes.pretrain.load_pretrained` retrains on one.
+    """
 
 
 class NoCheckpointError(CheckpointError):
-    """There is no checkpoint at the path: no folder, or one without ``checkpoint.json`` or ``config.json``."""
+    """There is no checkpoint at the path: no folder, or one without ``checkpoint.json`` or ``config.json``.
+
+    Not shown in a notebook: chapter 04's :func:`helpers.recipes.pretrain.load_pretrained` then trains the model.
+    """
 
 
 # ---- writing ------------------------------------------------------------------------------------------------
@@ -197,6 +205,8 @@ def save_model(model: torch.nn.Module, path, config=None) -> Path:
 
     Its version folder gets ``model.safetensors`` and ``config.json``; tied weights are stored once. Read it back
     with :func:`read_config` (to build the model) and :func:`load_model_state`.
+
+    Chapter 04's :func:`helpers.recipes.pretrain.save_pretrained` saves with it (section 4).
     """
     return _write_checkpoint(path, _model_files(model, getattr(model, "config", None) if config is None else config))
 
@@ -278,13 +288,19 @@ def _parse_tensors(data: bytes, name: str, where: Path) -> dict[str, torch.Tenso
 
 
 def current_version(path) -> Path:
-    """The folder that holds the files of the checkpoint ``path`` now (the next save replaces it)."""
+    """The folder that holds the files of the checkpoint ``path`` now (the next save replaces it).
+
+    First used in chapter 04, section 4.
+    """
     path = Path(path)
     return path / _read_pointer(path)["folder"]
 
 
 def read_config(path) -> dict:
-    """The model config stored in the checkpoint ``path`` (to build the model before loading weights)."""
+    """The model config stored in the checkpoint ``path`` (to build the model before loading weights).
+
+    Not shown in a notebook: chapter 04's :func:`helpers.recipes.pretrain.load_pretrained` reads it.
+    """
     path = Path(path)
     return _parse_json(_read_files(path, (CONFIG_FILE,))[CONFIG_FILE], CONFIG_FILE, path)["config"]
 
@@ -331,6 +347,8 @@ def load_model_state(model: torch.nn.Module, path) -> dict:
 
     Works on :func:`save_model` checkpoints and on trainer checkpoints. Raises :class:`CheckpointError` naming what
     is missing, corrupt, non-finite or mismatched. Tied weights stay tied (both names get the one stored copy).
+
+    Not shown in a notebook: chapter 04's :func:`helpers.recipes.pretrain.load_pretrained` loads with it.
     """
     path = Path(path)
     tensors, config = _fitted_state(model, path, _read_files(path, (CONFIG_FILE, MODEL_FILE)))
@@ -347,7 +365,7 @@ def _group_names(trainer) -> list[list[str]]:
 
 def save_trainer(trainer, path) -> Path:
     """Save the whole training state of ``trainer`` (a :class:`helpers.train.Trainer`) as the checkpoint ``path``;
-    :func:`load_trainer` resumes it."""
+    :func:`load_trainer` resumes it. Behind :meth:`helpers.train.Trainer.save` (chapter 04); not shown in a notebook."""
     tensors, values = {}, {}
     for group in trainer.optimizer.param_groups:
         for name, p in zip(group["names"], group["params"]):
@@ -390,7 +408,8 @@ def save_trainer(trainer, path) -> Path:
 
 def load_trainer(trainer, path) -> None:
     """Put the state of a :func:`save_trainer` checkpoint into ``trainer``: weights, optimizer, scaler, RNG states,
-    step, history, best. Everything is read from one version and checked before anything changes."""
+    step, history, best. Everything is read from one version and checked before anything changes.
+    Behind :meth:`helpers.train.Trainer.load` (chapter 04); not shown in a notebook."""
     path = Path(path)
     weights_only = "It holds weights only: load them with load_model_state, or use a Trainer.save checkpoint."
     files = _read_files(path, (CONFIG_FILE, MODEL_FILE, STATE_FILE, TRAINER_FILE), weights_only)

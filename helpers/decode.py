@@ -3,6 +3,9 @@ each generated token cost one position of work (:class:`KVCache`), both used by 
 a whole model (:func:`beam_search`, chapter 06).
 
 The sampling functions work on a (B, V) batch of logits, one row per sequence, and never change their input in place.
+
+Sampling and the cache first appear in chapter 03, section 8; chapter 04 compares the decoding rules (section 7) and
+times the cache (section 8).
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ def _check_logits(logits) -> None:
 
 
 def check_token_id(value, vocab_size: int, name: str = "eos_id") -> None:
-    """Refuse anything but an int in ``[0, vocab_size)`` or None (``True`` and ``2.0`` are not token ids)."""
+    """Refuse anything but an int in ``[0, vocab_size)`` or None (``True`` and ``2.0`` are not token ids).
+
+    Not shown in a notebook: ``GPT.generate`` (chapter 03) and :func:`beam_search` (chapter 06) check ``eos_id`` with it.
+    """
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < vocab_size):
         raise ValueError(f"{name} must be a token id in [0, {vocab_size}) or None, got {value!r}.")
 
@@ -39,7 +45,10 @@ def _check_finite(logits: torch.Tensor) -> None:
 
 
 def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the ``k`` largest logits of each row and set the others to -inf (ties with the k-th value are kept)."""
+    """Keep the ``k`` largest logits of each row and set the others to -inf (ties with the k-th value are kept).
+
+    Taught in chapter 04, section 7.
+    """
     _check_logits(logits)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"top_k must be a positive integer (or None for no filtering), got {k!r}.")
@@ -53,6 +62,8 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of most likely tokens whose probabilities add up to at least ``p``.
 
     The most likely token is always kept, so ``p`` close to 0 gives greedy decoding and ``p = 1`` keeps everything.
+
+    Taught in chapter 04, section 7.
     """
     _check_logits(logits)
     if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 < p <= 1.0:
@@ -79,6 +90,8 @@ def sample_next(
     ``temperature`` divides the logits (below 1 sharpens, above 1 flattens); ``top_k`` and ``top_p`` then drop
     unlikely tokens. Pass a seeded ``torch.Generator`` to draw the same tokens on every run.
     Raises ValueError on logits with a NaN or +inf, or a row of nothing but -inf.
+
+    Not called in a notebook: ``GPT.generate`` draws with it (chapter 03, section 8; chapter 04, section 7).
     """
     _check_logits(logits)
     if (
@@ -108,6 +121,8 @@ class KVCache:
     lets the new queries attend over everything cached, so decoding one token costs one position of work instead
     of the whole prefix. ``length`` counts the positions seen so far (prefix embeddings included). ``config`` is the
     model's :class:`helpers.model.GPTConfig` (its ``n_layer`` and ``block_size`` size the cache).
+
+    Taught in chapter 03, section 8 (timed again in chapter 04, section 8).
     """
 
     def __init__(self, config, batch_size: int, max_len: int | None = None):
@@ -139,7 +154,10 @@ class KVCache:
         return self.keep[:, : self.length + new]
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Keep the batch rows ``index`` (in that order), e.g. the surviving hypotheses of a beam search."""
+        """Keep the batch rows ``index`` (in that order), e.g. the surviving hypotheses of a beam search.
+
+        Beam search relies on it (chapter 06, section 5).
+        """
         self.keys = [None if k is None else k.index_select(0, index) for k in self.keys]
         self.values = [None if v is None else v.index_select(0, index) for v in self.values]
         if self.keep is not None:
@@ -151,7 +169,8 @@ class KVCache:
 @dataclass(frozen=True)
 class Hypothesis:
     """One decoded continuation: its new ``tokens`` (the final EOS left out), the length-normalised ``score``
-    (see :func:`beam_search`), and whether it ended with EOS (``finished``) or ran into ``max_new_tokens``."""
+    (see :func:`beam_search`), and whether it ended with EOS (``finished``) or ran into ``max_new_tokens``.
+    First used in chapter 06, section 5."""
 
     tokens: list[int]
     score: float
@@ -162,7 +181,8 @@ def normalised_score(log_prob: float, length: int, length_penalty: float) -> flo
     """Total log-probability divided by ``length ** length_penalty`` (``length`` counts new tokens, EOS included).
 
     ``length_penalty=0`` ranks by total log-probability, which favours short outputs (every token costs log-prob);
-    ``1`` ranks by mean log-probability per token; above 1 favours long outputs further."""
+    ``1`` ranks by mean log-probability per token; above 1 favours long outputs further.
+    :func:`beam_search` ranks with it (chapter 06, section 5); chapter 06's exercises call it."""
     return log_prob / max(length, 1) ** length_penalty
 
 
@@ -177,7 +197,7 @@ def beam_search(
     attention_mask: torch.Tensor | None = None,
     pad_id: int = 0,
 ) -> list[Hypothesis]:
-    """The best continuation of each prompt found by beam search; one :class:`Hypothesis` per prompt.
+    """The best continuation of each prompt found by beam search (chapter 06, section 5); one :class:`Hypothesis` per prompt.
 
     ``prompt_ids``: a (B, T) tensor (with ``attention_mask`` when prompts are left-padded) or a list of token-id
     lists (left-padded here with ``pad_id``, which is then never attended to). ``model`` is a

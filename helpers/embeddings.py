@@ -1,4 +1,4 @@
-"""Positions for a Transformer: the fixed sinusoidal encoding of "Attention Is All You Need"."""
+"""Positions for a Transformer: the fixed sinusoidal encoding of "Attention Is All You Need" (chapter 01, section 5)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ def sinusoidal_positions(n_positions: int, dim: int, base: float = 10_000.0):
 
     Each pair of columns turns at its own speed, from one turn every 2π positions to very slowly, so every
     position gets a distinct pattern and ``PE[p + k]`` is a fixed rotation of ``PE[p]`` for every ``p``.
+
+    Taught in chapter 01, section 5.2.
     """
     import torch
 

@@ -1,5 +1,8 @@
 """Environment: device, seeds, precision, eval mode, Colab detection, the smoke/full switch, where caches and
-checkpoints live."""
+checkpoints live.
+
+Chapter 00 shows what it reports (section 1) and the smoke/full switch (section 4); every chapter's setup cell uses it.
+"""
 
 from __future__ import annotations
 
@@ -33,12 +36,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def pick(smoke, full):
-    """Return ``smoke`` in smoke mode and ``full`` otherwise, so a notebook states both sizes in one line."""
+    """Return ``smoke`` in smoke mode and ``full`` otherwise, so a notebook states both sizes in one line.
+
+    Taught in chapter 00, section 4.
+    """
     return smoke if SMOKE else full
 
 
 def set_seed(seed: int = 0) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) so that a rerun on the same machine gives the same numbers."""
+    """Seed Python, NumPy and PyTorch (all devices) so that a rerun on the same machine gives the same numbers.
+
+    Called in every chapter's setup cell, from chapter 00's on.
+    """
     import torch
 
     random.seed(seed)
@@ -49,7 +58,8 @@ def set_seed(seed: int = 0) -> None:
 def get_device(verbose: bool = True):
     """The best available device: CUDA, then Apple's MPS, then the CPU (said in one line).
 
-    ``COURSE_DEVICE=cpu`` (or ``cuda``, ``mps``) overrides the choice."""
+    ``COURSE_DEVICE=cpu`` (or ``cuda``, ``mps``) overrides the choice.
+    Every chapter's setup cell calls it; chapter 00, section 1 explains the line it prints."""
     import torch
 
     forced = os.environ.get("COURSE_DEVICE")
@@ -74,6 +84,8 @@ def autocast_dtype(device):
     """The mixed-precision dtype for ``device``: bf16 where supported, fp16 on older GPUs (a T4), None on CPU/MPS.
 
     On the CPU we train in float32: bf16 autocast there is slower than fp32 on most laptop CPUs.
+
+    Not shown in a notebook: chapter 04's :class:`helpers.train.Trainer` picks its precision with it.
     """
     import torch
 
@@ -84,7 +96,10 @@ def autocast_dtype(device):
 
 
 def autocast(device, dtype=None):
-    """A context manager for mixed precision on ``device`` (a no-op where ``autocast_dtype`` gives None)."""
+    """A context manager for mixed precision on ``device`` (a no-op where ``autocast_dtype`` gives None).
+
+    Not shown in a notebook: chapter 04's :class:`helpers.train.Trainer` trains under it on a GPU.
+    """
     import torch
 
     dtype = dtype if dtype is not None else autocast_dtype(device)
@@ -95,7 +110,10 @@ def autocast(device, dtype=None):
 
 @contextlib.contextmanager
 def eval_mode(*modules):
-    """Put ``modules`` in eval mode (no dropout) for the ``with`` block, then back in the mode each was in."""
+    """Put ``modules`` in eval mode (no dropout) for the ``with`` block, then back in the mode each was in.
+
+    Not shown in a notebook: ``GPT.generate``, beam search and the Trainer's evaluation (chapters 03-06) rely on it.
+    """
     modes = [m.training for m in modules]
     for m in modules:
         m.eval()
@@ -107,7 +125,10 @@ def eval_mode(*modules):
 
 
 def sync(device) -> None:
-    """Wait for queued GPU work, so that a timer measures the work and not just its launch (CUDA runs asynchronously)."""
+    """Wait for queued GPU work, so that a timer measures the work and not just its launch (CUDA runs asynchronously).
+
+    First used in chapter 02, section 7.
+    """
     import torch
 
     if torch.device(device).type == "cuda":
@@ -115,7 +136,10 @@ def sync(device) -> None:
 
 
 def cache_dir() -> Path:
-    """Where extracted data and trained artefacts are kept: ``$COURSE_CACHE`` or ``~/.cache/gpt-inside-and-out``."""
+    """Where extracted data and trained artefacts are kept: ``$COURSE_CACHE`` or ``~/.cache/gpt-inside-and-out``.
+
+    Not shown in a notebook: :mod:`helpers.data` caches the corpus here (chapter 00 on); :func:`artifact_dir` builds on it.
+    """
     path = Path(os.environ.get("COURSE_CACHE", Path.home() / ".cache" / "gpt-inside-and-out"))
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -125,6 +149,8 @@ def artifact_dir(name: str) -> Path:
     """A folder for one chapter's outputs (tokenizers, checkpoints), kept apart for smoke and full runs.
 
     Chapters look for each other's results here, e.g. ``artifact_dir("pretrained")`` written by chapter 04.
+
+    Not shown in a notebook: the course tokenizer (chapter 01) and chapter 04's recipe save here.
     """
     path = cache_dir() / "artifacts" / MODE / name
     path.mkdir(parents=True, exist_ok=True)
@@ -132,7 +158,11 @@ def artifact_dir(name: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash never leaves a half-written file behind."""
+    """Write ``data`` to ``path`` so that a crash never leaves a half-written file behind.
+
+    Not shown in a notebook: the caches of :mod:`helpers.data` (chapter 00) and :mod:`helpers.tokenizers` (chapter 01),
+    and repository tooling, write with it.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -144,7 +174,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def report() -> dict:
-    """Versions, device and mode as a dict (printed by 00_start_here and stored in notebook metadata)."""
+    """Versions, device and mode as a dict (printed in chapter 00, section 1, and stored in notebook metadata)."""
     import platform
 
     import torch

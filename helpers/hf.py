@@ -1,4 +1,4 @@
-"""Our GPT <-> Hugging Face ``transformers``' GPT2LMHeadModel, weight for weight (chapter 03's parity check).
+"""Our GPT <-> Hugging Face ``transformers``' GPT2LMHeadModel, weight for weight (chapter 03's parity check, section 7).
 
 The two models have the same parameters under the same names. One difference in layout: GPT-2's ``Conv1D`` layers
 store their weight as (in, out), the transpose of ``nn.Linear``'s (out, in), so those four matrices are transposed
@@ -24,7 +24,7 @@ def _first_param(model):
 
 
 def hf_config(config: GPTConfig, attn_implementation: str = "sdpa"):
-    """The ``transformers.GPT2Config`` of the same architecture as ``config``."""
+    """The ``transformers.GPT2Config`` of the same architecture as ``config`` (chapter 03, section 7)."""
     from transformers import GPT2Config
 
     if not config.bias or not config.causal:
@@ -52,7 +52,10 @@ def hf_config(config: GPTConfig, attn_implementation: str = "sdpa"):
 
 
 def to_hf(model: GPT, attn_implementation: str = "sdpa"):
-    """A ``transformers.GPT2LMHeadModel`` with ``model``'s weights (copied), device, dtype and train/eval mode."""
+    """A ``transformers.GPT2LMHeadModel`` with ``model``'s weights (copied), device, dtype and train/eval mode.
+
+    Taught in chapter 03, section 7; chapter 04, section 9 exports the trained model with it.
+    """
     from transformers import GPT2LMHeadModel
 
     if not isinstance(model, GPT):
@@ -69,7 +72,10 @@ def to_hf(model: GPT, attn_implementation: str = "sdpa"):
 
 
 def from_hf(hf_model) -> GPT:
-    """Our ``GPT`` with the weights (copied), device, dtype and train/eval mode of a ``GPT2LMHeadModel``."""
+    """Our ``GPT`` with the weights (copied), device, dtype and train/eval mode of a ``GPT2LMHeadModel``.
+
+    Taught in chapter 03, section 7.
+    """
     from transformers import GPT2LMHeadModel
 
     if not isinstance(hf_model, GPT2LMHeadModel):
@@ -113,7 +119,10 @@ def from_hf(hf_model) -> GPT:
 
 @torch.no_grad()
 def max_logit_diff(model: GPT, hf_model, idx: torch.Tensor) -> float:
-    """The largest absolute difference between the two models' logits on ``idx`` (B, T), both in eval mode."""
+    """The largest absolute difference between the two models' logits on ``idx`` (B, T), both in eval mode.
+
+    Taught in chapter 03, section 7.
+    """
     with eval_mode(model, hf_model):
         ours, _ = model(idx)
         theirs = hf_model(input_ids=idx).logits

@@ -9,6 +9,8 @@ cross-entropy.
   Paired bootstrap resampling gives both scores with their intervals, the difference and its p-value.
 - :func:`perplexity`: exp of a mean cross-entropy.
 
+Chapter 06 scores its translations with these from section 3 on; chapter 04, section 5 computes perplexities.
+
 Inputs. ``hypotheses`` is a sequence of strings, one per test sentence: a list, tuple, NumPy array, pandas Series
 or an iterator (read once). ``references`` is one such sequence aligned with it, or a sequence of them when every
 sentence has several references. A string hypothesis with a string reference is scored as a one-sentence corpus.
@@ -33,6 +35,9 @@ _METRICS = {"bleu": "BLEU", "chrf": "chrF"}
 
 @dataclass(frozen=True)
 class Score:
+    """A corpus score by sacreBLEU: ``name``, ``score``, its ``signature`` and sacreBLEU's one-line ``detail``, which
+    ``print`` shows (chapter 06, section 3)."""
+
     name: str
     score: float
     signature: str
@@ -47,7 +52,8 @@ class ScoreCI:
     """A corpus score with sacreBLEU's 95% bootstrap interval ``mean ± ci`` (see the module docstring).
 
     ``score``: the metric on the whole test set; ``mean``: the mean over the bootstrap resamples; ``ci``: the
-    interval's half-width; ``low``/``high``: ``mean - ci`` and ``mean + ci``."""
+    interval's half-width; ``low``/``high``: ``mean - ci`` and ``mean + ci``.
+    Chapter 06, section 6 prints them; section 8 draws ``low``-``high`` as error bars."""
 
     name: str
     score: float
@@ -73,7 +79,8 @@ class Comparison:
     """Two systems scored on the same test set by sacreBLEU's paired bootstrap resampling.
 
     ``difference`` is ``system.score - baseline.score``; ``p_value`` is the probability of a difference at least
-    this large if the two systems were equally good (small = the difference is unlikely to be luck of the test set)."""
+    this large if the two systems were equally good (small = the difference is unlikely to be luck of the test set).
+    First used in chapter 06, section 5."""
 
     names: tuple[str, str]
     baseline: ScoreCI
@@ -151,7 +158,10 @@ def _check_n_bootstrap(n_bootstrap) -> None:
 
 
 def bleu(hypotheses, references, tokenize: str = "13a") -> Score:
-    """Corpus BLEU by sacreBLEU. ``references`` is a sequence of strings, or a sequence of reference streams."""
+    """Corpus BLEU by sacreBLEU. ``references`` is a sequence of strings, or a sequence of reference streams.
+
+    Chapter 06, section 3 prints it through :func:`helpers.recipes.translation.evaluate`; section 6 calls it.
+    """
     from sacrebleu.metrics import BLEU
 
     hyps, refs = _prepare(hypotheses, references)
@@ -161,7 +171,10 @@ def bleu(hypotheses, references, tokenize: str = "13a") -> Score:
 
 
 def chrf(hypotheses, references) -> Score:
-    """Corpus chrF (character n-gram F-score, beta=2) by sacreBLEU."""
+    """Corpus chrF (character n-gram F-score, beta=2) by sacreBLEU.
+
+    Chapter 06, section 3 prints it through :func:`helpers.recipes.translation.evaluate`; section 6 calls it.
+    """
     from sacrebleu.metrics import CHRF
 
     hyps, refs = _prepare(hypotheses, references)
@@ -172,7 +185,8 @@ def chrf(hypotheses, references) -> Score:
 
 def score_with_ci(hypotheses, references, metric: str = "bleu", n_bootstrap: int = 1000) -> ScoreCI:
     """Corpus BLEU or chrF (``metric="bleu"`` or ``"chrf"``) with sacreBLEU's 95% bootstrap confidence interval
-    over ``n_bootstrap`` resampled test sets: ``corpus_score(..., n_bootstrap=n_bootstrap)``."""
+    over ``n_bootstrap`` resampled test sets: ``corpus_score(..., n_bootstrap=n_bootstrap)``.
+    Taught in chapter 06, section 6."""
     _check_n_bootstrap(n_bootstrap)
     hyps, refs = _prepare(hypotheses, references)
     scorer = _metric(metric)
@@ -188,7 +202,7 @@ def compare_systems(
     """Paired bootstrap resampling (sacreBLEU's ``PairedTest`` with ``test_type="bs"``, after Koehn 2004): both
     systems are scored on the same ``n_bootstrap`` resampled test sets, which gives each score's 95% interval and
     the p-value of their difference. ``baseline`` and ``system`` are the two systems' translations of the same
-    sources, aligned with ``references``.
+    sources, aligned with ``references``. Taught in chapter 06, section 5.
 
     Two outputs the metric cannot tell apart (identical, or differing only in spacing it ignores) get
     ``p_value = 1``: their difference is 0 on every resample. (sacreBLEU itself reports its smallest p-value,
@@ -221,5 +235,5 @@ def compare_systems(
 
 
 def perplexity(mean_cross_entropy: float) -> float:
-    """exp of a mean per-token cross-entropy in nats."""
+    """exp of a mean per-token cross-entropy in nats (chapter 04, section 5)."""
     return math.exp(mean_cross_entropy)

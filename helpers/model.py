@@ -15,8 +15,7 @@ Conventions used throughout:
 - ``config.causal = False`` turns the same blocks into a bidirectional encoder (chapter 05).
 
 Saving: ``lm_head.weight`` and ``transformer.wte.weight`` are one tensor (weight tying), which safetensors'
-``save_file`` refuses. Save with ``safetensors.torch.save_model(model, path)`` and load with
-``safetensors.torch.load_model(model, path)``: they store the shared tensor once and restore the tie.
+``save_file`` refuses; :func:`helpers.checkpoint.save_model` stores it once and loading restores the tie.
 """
 
 from __future__ import annotations
@@ -58,6 +57,7 @@ class GPTConfig:
     """The sizes of a GPT. The defaults are GPT-2 small (124M parameters), apart from dropout.
 
     A plain dataclass: ``dataclasses.asdict(config)`` is JSON-ready and ``GPTConfig(**d)`` rebuilds it.
+    Taught in chapter 03, section 2; ``causal=False`` in chapter 05, section 1.
     """
 
     vocab_size: int = 50257
@@ -87,7 +87,10 @@ class GPTConfig:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention: one fused Linear makes queries, keys and values; torch's fused SDPA mixes them."""
+    """Multi-head self-attention: one fused Linear makes queries, keys and values; torch's fused SDPA mixes them.
+
+    Part of :class:`Block` (chapter 03, section 3); chapter 06, section 7 recomputes its attention weights by hand.
+    """
 
     def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
@@ -110,7 +113,7 @@ class SelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward: widen 4x, GELU (tanh approximation, as GPT-2), project back."""
+    """Position-wise feed-forward: widen 4x, GELU (tanh approximation, as GPT-2), project back (chapter 03, section 2)."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -124,7 +127,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """A pre-norm Transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    """A pre-norm Transformer block (chapter 03, section 3): x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
 
     def __init__(self, config: GPTConfig, layer_idx: int = 0):
         super().__init__()
@@ -139,7 +142,10 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """A GPT-2-style decoder (or, with ``config.causal=False``, an encoder) with tied input/output embeddings."""
+    """A GPT-2-style decoder (or, with ``config.causal=False``, an encoder) with tied input/output embeddings.
+
+    Taught in chapter 03, section 4 (the encoder in chapter 05, section 1).
+    """
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -177,13 +183,15 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------------------------------------ sizes
     def num_params(self, non_embedding: bool = True) -> int:
         """Number of parameters (the tied embedding counted once). ``non_embedding`` leaves out the position
-        table, a lookup with no arithmetic; the token table stays in, as it is also the output layer's matrix."""
+        table, a lookup with no arithmetic; the token table stays in, as it is also the output layer's matrix.
+        Taught in chapter 03, section 5."""
         n = sum(p.numel() for p in self.parameters())
         return n - self.transformer.wpe.weight.numel() if non_embedding else n
 
     def flops_per_token(self, seq_len: int | None = None) -> int:
         """Training FLOPs per token (forward + backward): 6N for the weights plus 12 * n_layer * n_embd * T for
-        attention's scores and weighted sum over T = ``seq_len`` (default block_size) keys. Forward alone is a third."""
+        attention's scores and weighted sum over T = ``seq_len`` (default block_size) keys. Forward alone is a third.
+        Taught in chapter 03, section 5."""
         c = self.config
         T = c.block_size if seq_len is None else seq_len
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * T
@@ -378,6 +386,8 @@ class GPT(nn.Module):
         prefix + prompt + new tokens must then fit in block_size, or a ValueError says by how much they do not.
         Without the cache every step reruns the whole sequence, cropped to its last block_size positions.
         The model is in eval mode (no dropout) while generating and returns to its previous mode afterwards.
+
+        Chapter 03 first calls it in section 7 and explains it in section 8.
         """
         idx = self._check_idx(idx)  # the ids' values too, once per call on any device
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:

@@ -1,4 +1,7 @@
-"""Plots of training runs: loss curves (live while training, in a notebook), and the learning-rate schedule."""
+"""Plots of training runs: loss curves (live while training, in a notebook), and the learning-rate schedule.
+
+Chapter 04 plots its schedule (section 3) and losses (section 4); chapter 05 watches them live (section 4).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ def _moving_average(values: list[float], window: int) -> list[float]:
 
 
 def draw_history(history, ax, title: str | None = None) -> None:
-    """Draw train loss (faint per step, plus a moving average) and val loss against the step, into ``ax``."""
+    """Draw train loss (faint per step, plus a moving average) and val loss against the step, into ``ax``.
+
+    First used in chapter 05, section 6.
+    """
     rows = _rows(history)
     steps = [r["step"] for r in rows]
     train = [r["train_loss"] for r in rows]
@@ -43,7 +49,7 @@ def draw_history(history, ax, title: str | None = None) -> None:
 
 
 def plot_history(history, title: str | None = None) -> None:
-    """Plot the loss curves of a run (see :func:`draw_history`) and show them."""
+    """Plot the loss curves of a run (see :func:`draw_history`) and show them (chapter 04, section 4)."""
     fig, ax = plt.subplots(figsize=(7, 3.5))
     draw_history(history, ax, title)
     fig.tight_layout()
@@ -51,7 +57,7 @@ def plot_history(history, title: str | None = None) -> None:
 
 
 def plot_lr_schedule(cfg: TrainConfig, title: str | None = None) -> None:
-    """Plot the learning rate of every update of ``cfg`` (warm-up, then cosine decay) and show it."""
+    """Plot the learning rate of every update of ``cfg`` (warm-up, then cosine decay) and show it (chapter 04, section 3)."""
     steps = range(cfg.max_steps)
     fig, ax = plt.subplots(figsize=(7, 3))
     ax.plot([s + 1 for s in steps], [lr_at(s, cfg) for s in steps])
@@ -78,6 +84,8 @@ class LiveLossPlot:
     Give one to a trainer, ``Trainer(..., live_plot=LiveLossPlot())``: it calls :meth:`update` after each evaluation
     and :meth:`close` when ``fit`` returns (a later ``fit`` draws a new figure). Outside a notebook (a script, a test)
     updates draw nothing and :meth:`close` shows one final plot.
+
+    First used in chapter 05, section 4; chapter 06's fine-tuning (section 4) draws one too.
     """
 
     def __init__(self, title: str | None = None):

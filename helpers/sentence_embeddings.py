@@ -39,13 +39,16 @@ def _load(device: str):
 
 def minilm(device=None):
     """The MiniLM ``(model, tokenizer)`` (a ``transformers`` ``BertModel`` in eval mode and its tokenizer), loaded once
-    per device. ``device`` defaults to :func:`helpers.env.get_device`'s choice."""
+    per device. ``device`` defaults to :func:`helpers.env.get_device`'s choice. Taught in chapter 05, section 7."""
     device = torch.device(device) if device is not None else get_device(verbose=False)
     return _load(str(device))
 
 
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of ``hidden`` (B, T, C) over the positions where ``attention_mask`` (B, T) is 1: (B, C)."""
+    """The mean of ``hidden`` (B, T, C) over the positions where ``attention_mask`` (B, T) is 1: (B, C).
+
+    Taught in chapter 05, section 7.
+    """
     if hidden.ndim != 3 or attention_mask.shape != hidden.shape[:2]:
         raise ValueError(
             f"mean_pool needs hidden states (B, T, C) and a mask (B, T), got {tuple(hidden.shape)} and "
@@ -59,7 +62,7 @@ def minilm_embed(texts, batch_size: int = 32, device=None) -> torch.Tensor:
     """MiniLM sentence embeddings of ``texts`` (a list of strings): a float32 CPU tensor (N, 384) of unit vectors.
 
     Texts longer than 256 tokens are cut there, as sentence-transformers does. ``embed @ embed.T`` holds the cosine
-    similarities of every pair."""
+    similarities of every pair. Taught in chapter 05, section 7."""
     if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
         raise TypeError("texts must be a list of strings; for one text write minilm_embed([text]).")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

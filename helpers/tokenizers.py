@@ -1,5 +1,5 @@
 """Tokenizers: characters, byte-level BPE from scratch, the same BPE with ``tokenizers``, GPT-2's BPE, and the
-course tokenizer that chapters 04-06 share.
+course tokenizer that chapters 04-06 share, all built in chapter 01.
 
 - :class:`CharTokenizer`: one id per character seen in training; anything else maps to an explicit ``<unk>`` id.
 - :class:`BPETokenizer`: byte-level byte-pair encoding in pure Python (train, encode, decode, save/load). Byte-level
@@ -80,7 +80,10 @@ def _check_ids(ids, vocab_size: int) -> list[int]:
 
 
 def tokens_per_char(encode: Callable[[str], list], texts: Iterable[str]) -> float:
-    """Compression of a tokenizer on ``texts``: tokens produced per character (lower = fewer tokens for the model)."""
+    """Compression of a tokenizer on ``texts``: tokens produced per character (lower = fewer tokens for the model).
+
+    First used in chapter 01, section 3.
+    """
     n_tokens = n_chars = 0
     for text in texts:
         n_tokens += len(encode(text))
@@ -93,7 +96,7 @@ def tokens_per_char(encode: Callable[[str], list], texts: Iterable[str]) -> floa
 # ------------------------------------------------------------------------------------------------ characters
 class CharTokenizer:
     """One id per character. Id 0 is ``<unk>``: a character not seen by :meth:`from_text` is encoded as
-    ``unk_id`` (never dropped), and ``unk_id`` decodes to the string ``"<unk>"``."""
+    ``unk_id`` (never dropped), and ``unk_id`` decodes to the string ``"<unk>"``. Taught in chapter 01, section 1."""
 
     UNK = "<unk>"
 
@@ -127,7 +130,7 @@ class CharTokenizer:
 # ------------------------------------------------------------------------------------------ BPE from scratch
 def merge_pair(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Replace every occurrence of ``pair`` in ``ids`` by ``new_id``, scanning left to right (so ``a a a`` with
-    pair ``(a, a)`` gives ``new a``)."""
+    pair ``(a, a)`` gives ``new a``). Taught in chapter 01, section 2.2."""
     out, i, n = [], 0, len(ids)
     first, second = pair
     while i < n:
@@ -157,6 +160,8 @@ class BPETokenizer:
     tokenizer we train, GPT-2's own order for :meth:`from_tiktoken_ranks`). Special tokens get the ids after that.
 
     Build one with :meth:`train` (a classmethod), :meth:`from_tiktoken_ranks` or :meth:`load`.
+
+    Taught in chapter 01, section 2.4.
     """
 
     def __init__(
@@ -268,6 +273,8 @@ class BPETokenizer:
 
         tiktoken stores only the tokens; the merge that made each token is recovered by running BPE on the token's
         own bytes with the merges ranked below it: what is left are the two parts that were merged last.
+
+        Taught in chapter 01, section 4.1.
         """
         if len(ranks) < 256 or any(bytes([b]) not in ranks for b in range(256)):
             raise ValueError("Byte-level ranks must contain all 256 single bytes.")
@@ -397,7 +404,10 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 def byte_level_token_bytes(token: str) -> bytes:
-    """The raw bytes behind one byte-level token string of ``tokenizers`` (``'Ġthe'`` -> ``b' the'``)."""
+    """The raw bytes behind one byte-level token string of ``tokenizers`` (``'Ġthe'`` -> ``b' the'``).
+
+    Taught in chapter 01, section 3.
+    """
     inverse = {c: b for b, c in _byte_to_unicode().items()}
     try:
         return bytes(inverse[c] for c in token)
@@ -407,7 +417,8 @@ def byte_level_token_bytes(token: str) -> bytes:
 
 def train_library_bpe(texts, vocab_size: int, special_tokens: Iterable[str] = ()):
     """Byte-level BPE trained by the ``tokenizers`` library: GPT-2's pre-tokenizer, all 256 bytes in the alphabet,
-    ``special_tokens`` first (ids 0, 1, ...). ``texts`` is a str or an iterable of str. Returns a ``tokenizers.Tokenizer``."""
+    ``special_tokens`` first (ids 0, 1, ...). ``texts`` is a str or an iterable of str. Returns a ``tokenizers.Tokenizer``.
+    Taught in chapter 01, section 3."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if isinstance(texts, str):
@@ -431,7 +442,10 @@ def train_library_bpe(texts, vocab_size: int, special_tokens: Iterable[str] = ()
 # ------------------------------------------------------------------------------------------------------ GPT-2
 @cache
 def gpt2_ranks() -> dict[bytes, int]:
-    """GPT-2's 50,000 merges + 256 bytes as ``{token_bytes: rank}``, from the file shipped with ``openai-whisper``."""
+    """GPT-2's 50,000 merges + 256 bytes as ``{token_bytes: rank}``, from the file shipped with ``openai-whisper``.
+
+    First used in chapter 01, section 4.1.
+    """
     from tiktoken.load import load_tiktoken_bpe
 
     return load_tiktoken_bpe(str(gpt2_ranks_path()))  # gpt2_ranks_path checks the file's SHA-256
@@ -439,7 +453,10 @@ def gpt2_ranks() -> dict[bytes, int]:
 
 @cache
 def gpt2_encoding():
-    """GPT-2's tokenizer as a ``tiktoken.Encoding`` (50,257 ids; ``<|endoftext|>`` = 50256), built offline."""
+    """GPT-2's tokenizer as a ``tiktoken.Encoding`` (50,257 ids; ``<|endoftext|>`` = 50256), built offline.
+
+    First used in chapter 01, section 3.1; section 4 looks at it closely.
+    """
     import tiktoken
 
     return tiktoken.Encoding(
@@ -457,6 +474,8 @@ class CourseTokenizer:
 
     ``encode`` adds nothing: a caller writes ``ids + [tok.eot_id]`` where it wants an end of text. Special-token
     strings that appear in a text (``"<|sep|>"``) are read as those tokens. Byte-level, so nothing is unknown.
+
+    Taught in chapter 01, section 3.2.
     """
 
     def __init__(self, tokenizer):
@@ -475,6 +494,7 @@ class CourseTokenizer:
         return self.tokenizer.encode(_check_text(text), add_special_tokens=False).ids
 
     def encode_batch(self, texts) -> list[list[int]]:
+        """The ids of each of ``texts``, as :meth:`encode` gives them, in one call (chapter 04, section 2)."""
         texts = [_check_text(t) for t in texts]
         return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
 
@@ -482,7 +502,10 @@ class CourseTokenizer:
         return self.tokenizer.decode(_check_ids(ids, self.vocab_size), skip_special_tokens=skip_special)
 
     def to_hf(self):
-        """A ``transformers.PreTrainedTokenizerFast`` with eos/bos = ``<|endoftext|>`` and pad, sep, mask set."""
+        """A ``transformers.PreTrainedTokenizerFast`` with eos/bos = ``<|endoftext|>`` and pad, sep, mask set.
+
+        First used in chapter 04, section 9.
+        """
         from tokenizers import Tokenizer
         from transformers import PreTrainedTokenizerFast
 
@@ -521,7 +544,7 @@ def course_tokenizer(vocab_size: int | None = None) -> CourseTokenizer:
     ``corpus_text("train")`` (every 8th verse in smoke mode) and cached under ``artifact_dir("tokenizer")``.
 
     A cached file is used only if it loads, has the right size and special ids, and round-trips a probe text;
-    otherwise it is rebuilt (with a warning)."""
+    otherwise it is rebuilt (with a warning). Taught in chapter 01, section 3.2."""
     vocab_size = pick(smoke=512, full=4096) if vocab_size is None else vocab_size
     if not isinstance(vocab_size, int) or vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be an int >= {256 + len(SPECIAL_TOKENS)}, got {vocab_size!r}.")

@@ -1,4 +1,4 @@
-"""The training loop every chapter reuses.
+"""The training loop that chapter 04 introduces (section 3) and every later chapter reuses.
 
 :class:`Trainer` trains any ``nn.Module`` whose ``forward`` returns ``(logits, loss)`` (or an object with a
 ``.loss``, as Hugging Face models do) on batches it asks for by step number:
@@ -43,7 +43,8 @@ class NonFiniteLossError(RuntimeError):
     """The loss (or the gradient norm) became NaN or infinite; ``step`` is the step at which it happened.
 
     The message names the cause when a cheap check finds it (a NaN or infinite weight, a batch whose targets are
-    all ignored), else the learning rate, and which checkpoint is kept."""
+    all ignored), else the learning rate, and which checkpoint is kept.
+    Not shown in a notebook: :meth:`Trainer.fit` (chapter 04) raises it."""
 
     def __init__(self, message: str, step: int):
         super().__init__(message)
@@ -61,6 +62,8 @@ class TrainConfig:
     False is float32, ``"bf16"``/``"fp16"`` force a dtype. ``seed`` seeds Python, NumPy and torch when a run
     starts from step 0, so dropout does not depend on what ran before. ``checkpoint_dir`` receives ``last/``
     (the whole training state) and ``best/`` (the weights with the best val loss).
+
+    Taught in chapter 04, section 3 (:func:`helpers.recipes.pretrain.train_config` makes one).
     """
 
     max_steps: int
@@ -111,6 +114,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
     Linear warm-up from ``lr / warmup_steps`` to ``lr`` over the first ``warmup_steps`` updates, then a cosine
     from ``lr`` down to ``min_lr`` at ``max_steps``; ``min_lr`` after that (a run continued past its plan).
+
+    Chapter 04, section 3 plots it (:func:`helpers.plots.plot_lr_schedule`).
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -127,6 +132,8 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     and scalars are not, since shrinking them towards zero only distorts the scale the layer works at. Frozen
     parameters (``requires_grad=False``) are left out; a tied parameter appears once. Each group carries the
     parameter ``names`` (checkpoints store optimizer state by name).
+
+    Chapter 04, section 3 states the rule; :class:`Trainer` builds its optimizer from it.
     """
     groups = {decay: {"params": [], "names": [], "weight_decay": weight_decay if decay else 0.0} for decay in (True, False)}
     for name, p in model.named_parameters():
@@ -141,7 +148,8 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 class History(list):
     """The record of a run: one dict per update with ``step``, ``lr``, ``train_loss``, ``val_loss`` (None between
     evaluations), ``grad_norm`` (before clipping; None without clipping), ``tokens_per_s`` and ``elapsed_s``
-    (seconds of training since step 0, evaluations included, summed over resumed sessions)."""
+    (seconds of training since step 0, evaluations included, summed over resumed sessions).
+    First used in chapter 04, section 4."""
 
     COLUMNS = ("step", "lr", "train_loss", "val_loss", "grad_norm", "tokens_per_s", "elapsed_s")
 
@@ -190,6 +198,8 @@ class Trainer:
     ``live_plot``: anything with ``update(history)`` (called after each evaluation) and ``close(history)`` (when
     ``fit`` returns), such as :class:`helpers.plots.LiveLossPlot`, which redraws the loss curves in a notebook.
     With ``cfg.patience``, early stopping puts the best weights back into the model.
+
+    Taught in chapter 04, section 3.
     """
 
     def __init__(
@@ -348,7 +358,7 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> float:
-        """The mean loss over ``val_batches`` (weighted by tokens), with the model in eval mode."""
+        """The mean loss over ``val_batches`` (weighted by tokens), with the model in eval mode (chapter 04, section 4)."""
         if self.val_batches is None:
             raise ValueError("This Trainer has no val_batches to evaluate on: pass val_batches=... when creating it.")
         total, count = torch.zeros((), device=self.device), 0

@@ -76,3 +76,14 @@ def test_the_package_does_not_import_repository_tooling():
 
 def test_every_module_says_what_it_is_for():
     assert all(ast.get_docstring(ast.parse(path.read_text())) for path in MODULES.values())
+
+
+def test_every_public_function_and_class_names_where_it_is_taught():
+    unplaced = []
+    for name, path in MODULES.items():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                doc = (ast.get_docstring(node) or "").lower()
+                if "chapter" not in doc and "tooling" not in doc:
+                    unplaced.append(f"{name}.{node.name}")
+    assert not unplaced, f"say which chapter (and section) teaches these: {unplaced}"

@@ -53,6 +53,8 @@ def mask_tokens(
     (80%), a random ordinary token (10%; never a special token or ``mask_id``), or stays as it is (10%). ``targets``
     holds the original id at selected positions and ``-100`` (ignored by the loss) everywhere else. Special tokens
     (end of text, padding) are never selected. The draws come from ``generator``: the same seed, the same masks.
+
+    Taught in chapter 05, section 2.
     """
     if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
         raise TypeError(f"ids must be a tensor of integer token ids, got {type(ids).__name__} {getattr(ids, 'dtype', '')}.")
@@ -86,6 +88,8 @@ class MaskedWindows:
     The windows are :class:`helpers.batches.RandomWindows`' (seeded by ``(seed, step)``), masked by
     :func:`mask_tokens` with a generator seeded by ``(seed, step)`` too: ``batches(step)`` is always the same batch,
     so a resumed run sees the very batches of the uninterrupted one.
+
+    Taught in chapter 05, section 3.
     """
 
     def __init__(
@@ -121,7 +125,8 @@ def masked_eval_batches(
     p: float = 0.15,
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A fixed list of masked ``(inputs, targets)`` validation batches: the windows of
-    :func:`helpers.batches.eval_batches`, batch ``i`` masked with a generator seeded by ``(seed, i)``."""
+    :func:`helpers.batches.eval_batches`, batch ``i`` masked with a generator seeded by ``(seed, i)``.
+    First used in chapter 05, section 4."""
     _check_masking(mask_id, vocab_size, p, special_ids)
     special_ids = tuple(special_ids)
     return [
@@ -150,6 +155,8 @@ def fill_mask(
     sides; each masked position is predicted on its own, as in BERT. A causal model can only read the text before
     the blank: it predicts the blank's first token from the left context, so it needs ``n_tokens=1``.
     Returns one list per blank token of ``(token text, probability)``, likeliest first.
+
+    Taught in chapter 05, section 5.
     """
     if not isinstance(text, str) or text.count(blank) != 1:
         raise ValueError(f"text must be a string with exactly one blank {blank!r}, e.g. 'God created the {blank} and the earth.'")
@@ -181,7 +188,7 @@ def fill_mask(
 
 @dataclass(frozen=True)
 class Blank:
-    """A text's token ids (unmasked) and the position of the one-token word to fill in."""
+    """A text's token ids (unmasked) and the position of the one-token word to fill in (chapter 05, section 6)."""
 
     ids: tuple[int, ...]
     pos: int
@@ -205,7 +212,7 @@ def word_blanks(
 ) -> list[Blank]:
     """One blank per text: a whole word of at least ``min_letters`` letters that is a single token, not the first
     word, picked at random (seeded). ``prefix`` ids go before each text. Texts without such a word, and texts longer
-    than ``max_tokens`` (prefix included; pass the model's block_size), are skipped."""
+    than ``max_tokens`` (prefix included; pass the model's block_size), are skipped. Taught in chapter 05, section 6."""
     rng = random.Random(seed)
     blanks = []
     for text in texts:
@@ -229,7 +236,8 @@ def fill_in_accuracy(model, tokenizer, blanks: Sequence[Blank], k: int = 5, batc
     """How often the blank's word is the model's first guess (``top1``) or among its ``k`` first (``top{k}``).
 
     An encoder reads each text with ``mask_id`` at the blank and predicts it from both sides; a causal model reads
-    the text and predicts the blank from the tokens before it only (its logits one position earlier)."""
+    the text and predicts the blank from the tokens before it only (its logits one position earlier).
+    Taught in chapter 05, section 6."""
     if not blanks:
         raise ValueError("No blanks to fill: build them with word_blanks(tokenizer, texts).")
     causal = model.config.causal

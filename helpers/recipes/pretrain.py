@@ -36,7 +36,10 @@ RECIPE_VERSION = 1
 
 
 def model_config(vocab_size: int) -> GPTConfig:
-    """The GPT that chapter 04 pretrains (and chapters 05-06 reuse), for a tokenizer of ``vocab_size`` ids."""
+    """The GPT that chapter 04 pretrains (and chapters 05-06 reuse), for a tokenizer of ``vocab_size`` ids.
+
+    First used in chapter 04, section 1.
+    """
     return GPTConfig(
         vocab_size=vocab_size,
         block_size=pick(smoke=64, full=128),
@@ -48,7 +51,10 @@ def model_config(vocab_size: int) -> GPTConfig:
 
 
 def train_config() -> TrainConfig:
-    """The optimisation recipe: AdamW, warm-up then cosine decay, evaluated every ``eval_every`` updates."""
+    """The optimisation recipe: AdamW, warm-up then cosine decay, evaluated every ``eval_every`` updates.
+
+    Chapter 04's setup cell makes it; section 3 prints and plots it.
+    """
     return TrainConfig(
         max_steps=pick(smoke=60, full=900),
         lr=pick(smoke=3e-3, full=2e-3),
@@ -65,6 +71,8 @@ def encode_verses(tokenizer: CourseTokenizer, text: str) -> torch.Tensor:
 
     The end-of-text token after every verse teaches the model where a verse ends (and, at generation time, that
     it can stop); the token before a verse tells it that a new one begins.
+
+    Chapter 04, section 2 writes this out by hand; section 5 calls it.
     """
     _check_tokenizer(tokenizer)
     ids = []
@@ -78,7 +86,8 @@ def token_streams(tokenizer: CourseTokenizer) -> tuple[torch.Tensor, torch.Tenso
     """The train and validation verses of both languages (English, then French) as two token streams (in smoke
     mode every 8th train verse, as the smoke tokenizer is trained on, so that encoding takes a second).
 
-    Encoded once per tokenizer and process (it takes seconds in full mode); each call returns fresh copies."""
+    Encoded once per tokenizer and process (it takes seconds in full mode); each call returns fresh copies.
+    Taught in chapter 04, section 2."""
     key = _tokenizer_hash(tokenizer)
     if key not in _STREAMS:
         train = corpus_text("train").splitlines(keepends=True)
@@ -104,7 +113,8 @@ def _tokenizer_hash(tokenizer: CourseTokenizer) -> str:
 
 def fingerprint(tokenizer: CourseTokenizer, model_cfg: GPTConfig, train_cfg: TrainConfig, steps_done: int) -> str:
     """A short hash of everything that makes a pretrained model what it is; two checkpoints with the same
-    fingerprint were trained the same way on the same tokens."""
+    fingerprint were trained the same way on the same tokens.
+    Chapter 04 explains it (sections 4 and 10); not called in a notebook."""
     recipe = {
         "version": RECIPE_VERSION,
         "mode": MODE,
@@ -126,6 +136,8 @@ def build_trainer(
     ``steps`` replaces the recipe's ``max_steps`` (the learning-rate schedule is then planned over ``steps``).
     Call ``fit(steps=n)`` repeatedly to look at the model between parts of the run. ``live_plot`` redraws the loss
     curves at each evaluation (:class:`helpers.plots.LiveLossPlot`).
+
+    Taught in chapter 04, section 4 (chapter 05, section 6 trains a shorter run with it).
     """
     tokenizer = course_tokenizer() if tokenizer is None else tokenizer
     device = get_device(verbose=False) if device is None else torch.device(device)
@@ -151,7 +163,7 @@ def build_trainer(
 
 def save_pretrained(model: GPT, tokenizer: CourseTokenizer, trainer: Trainer):
     """Save ``model`` to ``artifact_dir("pretrained")`` (atomically), with its config, the recipe's fingerprint
-    and the run's final validation loss; returns the folder."""
+    and the run's final validation loss; returns the folder. Taught in chapter 04, section 4."""
     val = [row["val_loss"] for row in trainer.history if row["val_loss"] is not None]
     config = {
         "model": asdict(model.config),
@@ -168,7 +180,8 @@ def pretrain(
     tokenizer: CourseTokenizer | None = None, device=None, live_plot: bool = False, steps: int | None = None
 ) -> tuple[GPT, Trainer]:
     """Run the recipe (``steps`` replaces its ``max_steps``), save the model with :func:`save_pretrained` and
-    return ``(model, trainer)``; the model is left in eval mode."""
+    return ``(model, trainer)``; the model is left in eval mode. Named in chapter 04, section 4;
+    :func:`load_pretrained` calls it when no saved model fits."""
     tokenizer = course_tokenizer() if tokenizer is None else tokenizer
     model, trainer = build_trainer(tokenizer, device, live_plot, steps)
     trainer.fit()
@@ -199,6 +212,8 @@ def load_pretrained(device=None) -> tuple[GPT, CourseTokenizer]:
     Loads ``artifact_dir("pretrained")`` if it holds a checkpoint of the current recipe and tokenizer; otherwise
     (none there, a stale one, or one that is corrupt or holds NaN weights) prints one line saying why and trains it
     with :func:`pretrain`.
+
+    Taught in chapter 04, section 10; chapters 05 and 06 start from it.
     """
     tokenizer = course_tokenizer()
     device = get_device(verbose=False) if device is None else torch.device(device)
@@ -228,6 +243,8 @@ def complete(
 
     The prompt is read after an end-of-text token, as every verse was in training. ``seed`` makes sampling
     reproducible (see :func:`helpers.decode.sample_next` for ``temperature``, ``top_k``, ``top_p``).
+
+    First used in chapter 04, section 4; section 7 compares its decoding settings.
     """
     device = next(model.parameters()).device
     idx = torch.tensor([[tokenizer.eot_id, *tokenizer.encode(prompt)]], device=device)

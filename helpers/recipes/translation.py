@@ -27,7 +27,8 @@ from helpers.train import TrainConfig, Trainer
 @dataclass(frozen=True)
 class TranslationExample:
     """The token ids of ``source <|sep|> target <|endoftext|>`` and ``target_start``, the index of the first
-    target token in ``ids`` (the token after ``<|sep|>``)."""
+    target token in ``ids`` (the token after ``<|sep|>``).
+    First used in chapter 06, section 1; section 2 explains the format."""
 
     ids: list[int]
     target_start: int
@@ -35,7 +36,7 @@ class TranslationExample:
 
 def format_example(tokenizer, src: str, tgt: str | None = None) -> tuple[list[int], int]:
     """``(ids, target_start)`` for ``src <|sep|> tgt <|endoftext|>``; without ``tgt``, the prompt ``src <|sep|>``
-    (then ``target_start == len(ids)``: the target is what the model writes next)."""
+    (then ``target_start == len(ids)``: the target is what the model writes next). Taught in chapter 06, section 2."""
     if not isinstance(src, str) or (tgt is not None and not isinstance(tgt, str)):
         raise TypeError(f"format_example needs strings, got source {type(src).__name__} and target {type(tgt).__name__}.")
     ids = tokenizer.encode(src) + [tokenizer.sep_id]
@@ -48,7 +49,7 @@ def format_example(tokenizer, src: str, tgt: str | None = None) -> tuple[list[in
 @dataclass
 class PreparedPairs:
     """What :func:`prepare_pairs` kept: the ``examples``, their text ``pairs`` (same order), and ``counts`` of
-    the pairs seen, dropped (by reason) and kept."""
+    the pairs seen, dropped (by reason) and kept. First used in chapter 06, section 1."""
 
     examples: list[TranslationExample]
     pairs: list[tuple[str, str]]
@@ -62,6 +63,8 @@ def prepare_pairs(pairs, tokenizer, max_len: int, max_ratio: float = 2.5) -> Pre
     - ``misaligned``: one side over ``max_ratio`` times as many tokens as the other (the two Bibles number a few
       verses differently, so a short verse can face a long one that holds its neighbour too);
     - ``too_long``: more than ``max_len`` tokens in all (the model reads at most ``block_size`` positions).
+
+    Taught in chapter 06, section 1.
     """
     if not isinstance(max_len, int) or max_len < 4:
         raise ValueError(f"max_len must be an integer >= 4 (source, sep, target, end), got {max_len!r}.")
@@ -91,7 +94,8 @@ def collate(examples: list[TranslationExample], pad_id: int) -> dict[str, torch.
 
     ``idx`` is each sequence without its last token, ``targets`` the same sequence shifted by one, with -100 where
     the next token is not part of the target (source and ``<|sep|>`` positions) and at padding; ``attention_mask``
-    is 1 on real tokens. ``GPT.forward(**batch)`` then gives the mean cross-entropy over target tokens only."""
+    is 1 on real tokens. ``GPT.forward(**batch)`` then gives the mean cross-entropy over target tokens only.
+    Taught in chapter 06, section 2."""
     if not examples:
         raise ValueError("collate needs at least one example.")
     idx, mask = pad([e.ids[:-1] for e in examples], pad_id)
@@ -104,7 +108,8 @@ def collate(examples: list[TranslationExample], pad_id: int) -> dict[str, torch.
 def length_buckets(examples: list[TranslationExample], batch_size: int, seed: int = 0, window: int = 50) -> list[list]:
     """Split ``examples`` into batches of similar length: shuffle (seeded), sort each run of ``window`` batches'
     worth of examples by length, cut it into batches. A right-padded batch costs its longest example times its
-    size, so grouping lengths saves the compute spent on padding while the batches stay varied."""
+    size, so grouping lengths saves the compute spent on padding while the batches stay varied.
+    Named in chapter 06, section 4; :func:`finetune` batches with it."""
     if not 1 <= batch_size <= len(examples):
         raise ValueError(f"batch_size must be between 1 and the number of examples ({len(examples)}), got {batch_size}.")
     order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -117,7 +122,8 @@ def length_buckets(examples: list[TranslationExample], batch_size: int, seed: in
 
 def default_max_new_tokens(n_source_tokens: int) -> int:
     """A cap on the translation's length from the source's: French takes about 1.1 times the tokens of English
-    here; 1.5 times plus 8 leaves room without letting a model that never writes EOS run on for long."""
+    here; 1.5 times plus 8 leaves room without letting a model that never writes EOS run on for long.
+    First used in chapter 06, section 5."""
     return math.ceil(1.5 * n_source_tokens) + 8
 
 
@@ -139,7 +145,8 @@ def translate(
     is ``"greedy"`` (``GPT.generate`` at temperature 0) or ``"beam"`` (:func:`helpers.decode.beam_search`). Each
     batch may write up to ``max_new_tokens`` tokens (default :func:`default_max_new_tokens` of its longest
     source), never more than the model's ``block_size`` leaves; a source over half of ``block_size`` tokens is
-    cut to fit there (a translation of its beginning)."""
+    cut to fit there (a translation of its beginning).
+    First called in chapter 06, section 5 (section 3 uses it through :func:`evaluate`)."""
     if method not in ("greedy", "beam"):
         raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}.")
     sources = list(sources)
@@ -202,7 +209,7 @@ def finetune(
     (:class:`helpers.batches.ShuffledBatches`) and are padded by :func:`collate`.
     The validation loss is computed on all of ``val`` every ``eval_every`` steps (default: 10 evaluations per
     run); with ``patience``, training stops after that many evaluations without a better one and keeps the best
-    weights. ``warmup_steps`` defaults to 5 % of ``steps``."""
+    weights. ``warmup_steps`` defaults to 5 % of ``steps``. Taught in chapter 06, section 4."""
     if not train or not val:
         raise ValueError("finetune needs training and validation examples (prepare them with prepare_pairs).")
     pad = tokenizer.pad_id
@@ -226,7 +233,8 @@ def finetune(
 
 def evaluate(model, tokenizer, pairs, method: str = "greedy", **kwargs) -> dict:
     """Translate the sources of ``pairs`` and score them against their targets with sacreBLEU:
-    ``dict(bleu=Score, chrf=Score, hyps=list[str])``. ``kwargs`` go to :func:`translate`."""
+    ``dict(bleu=Score, chrf=Score, hyps=list[str])``. ``kwargs`` go to :func:`translate`.
+    Taught in chapter 06, section 3."""
     pairs = list(pairs)
     hyps = translate(model, tokenizer, [s for s, _ in pairs], method=method, **kwargs)
     refs = [t for _, t in pairs]
@@ -236,7 +244,8 @@ def evaluate(model, tokenizer, pairs, method: str = "greedy", **kwargs) -> dict:
 # ------------------------------------------------------------------------------------ the library way: Marian
 def marian_config(tokenizer, d_model: int, layers: int, heads: int, max_positions: int):
     """A small ``MarianConfig`` on the course vocabulary: ``layers`` encoder and ``layers`` decoder layers,
-    shared (tied) embeddings, pad as the decoder's start token as Marian does, no dropout."""
+    shared (tied) embeddings, pad as the decoder's start token as Marian does, no dropout.
+    Not shown in a notebook: :func:`marian_baseline` (chapter 06, section 9) builds its model from it."""
     from transformers import MarianConfig
 
     return MarianConfig(
@@ -265,7 +274,10 @@ def marian_config(tokenizer, d_model: int, layers: int, heads: int, max_position
 
 
 def marian_features(tokenizer, pairs) -> list[dict]:
-    """``input_ids`` (source + EOS) and ``labels`` (target + EOS) per pair, for ``DataCollatorForSeq2Seq``."""
+    """``input_ids`` (source + EOS) and ``labels`` (target + EOS) per pair, for ``DataCollatorForSeq2Seq``.
+
+    Not shown in a notebook: :func:`marian_baseline` (chapter 06, section 9) trains on them.
+    """
     eos = tokenizer.eot_id
     return [{"input_ids": tokenizer.encode(s) + [eos], "labels": tokenizer.encode(t) + [eos]} for s, t in pairs]
 
@@ -290,7 +302,7 @@ def marian_baseline(
 ):
     """Train a ``MarianMTModel`` from scratch with ``Seq2SeqTrainer`` (``DataCollatorForSeq2Seq`` pads and makes
     the decoder inputs); returns ``(model, trainer)``. Offline: no hub, no reporting, no checkpoints written.
-    ``progress`` shows the trainer's own progress bar."""
+    ``progress`` shows the trainer's own progress bar. Taught in chapter 06, section 9."""
     from transformers import DataCollatorForSeq2Seq, MarianMTModel, Seq2SeqTrainer, Seq2SeqTrainingArguments
     from transformers.trainer_callback import PrinterCallback
 
@@ -336,7 +348,7 @@ def marian_baseline(
 @torch.no_grad()
 def marian_translate(model, tokenizer, sources, batch_size: int = 32, num_beams: int = 1) -> list[str]:
     """Translate with a Marian model (greedy by default), batched by length like :func:`translate`, with the same
-    cap on the output's length."""
+    cap on the output's length. Taught in chapter 06, section 9."""
     model.eval()
     device = next(model.parameters()).device
     limit = model.config.max_position_embeddings - 1  # the decoder's longest output
