@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch for the local setup; requirements.txt keeps a portable range (Colab keeps its own CUDA torch).
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
-NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb)) $(sort $(wildcard notebooks/solutions/*.ipynb))
 PYTEST_WORKERS ?= 2
 
 .PHONY: setup lab test lint notebooks stamp bench clean
@@ -32,7 +32,7 @@ lint: setup
 # Unit tests and every notebook under nbval, in smoke mode.
 test: lint
 	COURSE_SMOKE=1 $(PY) -m pytest tests notebooks --nbval-lax --nbval-current-env \
-	  --sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 -n $(PYTEST_WORKERS) --dist loadfile
+	  --nbval-sanitize-with tests/sanitize.cfg --nbval-cell-timeout=600 -n $(PYTEST_WORKERS) --dist loadfile
 
 # Re-run notebooks in full mode and store their outputs (what is committed): make notebooks [NB=notebooks/04_pretraining.ipynb]
 NB ?= $(NOTEBOOKS)

@@ -9,6 +9,7 @@ from tools import notebooks
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent.parent / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+SOLUTIONS = sorted((NOTEBOOK_DIR / "solutions").glob("*.ipynb"))  # a chapter's exercises, solved apart from it
 
 
 def test_there_are_notebooks():
@@ -20,7 +21,7 @@ def test_nbval_collected_every_notebook(request):
     if not request.config.getoption("nbval_lax", default=False) and not request.config.getoption("nbval", default=False):
         pytest.skip("run with --nbval-lax (as `make test` does) to check notebook collection")
     collected = {Path(str(item.fspath)).resolve() for item in request.session.items}
-    missing = [p.name for p in NOTEBOOKS if p.resolve() not in collected]
+    missing = [p.name for p in NOTEBOOKS + SOLUTIONS if p.resolve() not in collected]
     assert not missing, f"nbval did not collect {missing}: pass notebooks/ to pytest"
 
 
@@ -35,14 +36,30 @@ def test_notebook_is_stamped_and_shaped_as_a_lesson(path):
     for heading in ("Learning goals", "## 1.", "## Summary"):
         assert heading in markdown, f"{path.name}: missing '{heading}'"
     if path.name != "00_start_here.ipynb":
-        assert "## Exercises" in markdown and "<details>" in markdown, f"{path.name}: exercises with solutions"
+        assert "## Exercises" in markdown, f"{path.name}: exercises"
+        if (NOTEBOOK_DIR / "solutions" / path.name).exists():
+            assert f"(solutions/{path.name})" in markdown, f"{path.name}: link the solutions notebook"
+            assert "<details>" not in markdown, f"{path.name}: the solutions are in solutions/{path.name}, not here"
+        else:
+            assert "<details>" in markdown, f"{path.name}: exercises with solutions"
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solutions_are_stamped_and_belong_to_a_chapter(path):
+    nb = nbformat.read(path, as_version=4)
+    nb.metadata["course_name"] = notebooks.course_name(path)
+    assert not notebooks.stamp(nb), f"solutions/{path.name}: run `make stamp`"
+    assert (NOTEBOOK_DIR / path.name).exists(), f"solutions/{path.name} has no chapter notebooks/{path.name}"
+    assert f"# {path.name[:2]} · Solutions" in nb.cells[0].source
+    assert any("solution" in c.metadata.get("tags", []) for c in nb.cells), "tag the solution cells 'solution'"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS + SOLUTIONS, ids=notebooks.course_name)
 def test_committed_outputs_are_a_clean_full_run(path):
     nb = nbformat.read(path, as_version=4)
     record = nb.metadata.get("course", {})
-    assert record.get("mode") == "full", f"{path.name}: commit the outputs of `make notebooks NB=notebooks/{path.name}`"
+    name = notebooks.course_name(path)
+    assert record.get("mode") == "full", f"{name}: commit the outputs of `make notebooks NB=notebooks/{name}`"
     assert {"device", "seconds", "peak_rss_mib"} <= record.keys()
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in code if c.source.strip()), f"{path.name}: cells not executed"

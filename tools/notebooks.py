@@ -33,6 +33,12 @@ WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 MODEL_REF = "IPY_MODEL_"
 
 
+def course_name(path: Path) -> str:
+    """The notebook's path under ``notebooks/``: ``04_pretraining.ipynb``, or ``solutions/03_gpt_model.ipynb``."""
+    path = Path(path)
+    return f"{path.parent.name}/{path.name}" if path.parent.name == "solutions" else path.name
+
+
 def badge(name: str) -> str:
     url = f"https://colab.research.google.com/github/{REPO_SLUG}/blob/main/notebooks/{name}"
     return f"{BADGE_PREFIX}(https://colab.research.google.com/assets/colab-badge.svg)]({url})"
@@ -87,7 +93,7 @@ def stamp_file(path: Path) -> bool:
     """``stamp`` plus the installed kernelspec, kept out of ``stamp`` so its checks don't depend on this machine's Jupyter."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
-    nb.metadata["course_name"] = path.name
+    nb.metadata["course_name"] = course_name(path)
     changed = stamp(nb)
     spec = kernelspec()
     if nb.metadata.get("kernelspec") != spec:
