@@ -1,31 +1,32 @@
-"""Every exercise check passes on its solution (from notebooks/solutions/), fails on a plausible wrong answer, says
-"not attempted" to the untouched stub, and never prints the expected answer."""
+"""Every exercise check passes on its solution (run from notebooks/solutions/), fails on a plausible wrong answer,
+says "not attempted" to the untouched stub, and never prints the expected answer."""
 
+from functools import cache
 from pathlib import Path
 
 import nbformat
 import pytest
 import torch
 
-from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch03, check
+from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, check
 from helpers.model import GPT, GPTConfig
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
 
 
-def solutions(name: str) -> dict:
-    """The names defined by the cells tagged 'solution' of a solutions notebook."""
+@cache
+def solved(name: str) -> dict:
+    """The namespace of a solutions notebook run up to its checks: every code cell but the setup and the asserts."""
     nb = nbformat.read(SOLUTIONS / name, as_version=4)
-    namespace = {"torch": torch, "GPT": GPT, "GPTConfig": GPTConfig}
+    namespace = {}
     for cell in nb.cells:
-        if "solution" in cell.metadata.get("tags", []):
-            exec(compile(cell.source, f"{name} (solution cell)", "exec"), namespace)
+        if cell.cell_type == "code" and "setup" not in cell.metadata.get("tags", []) and not cell.source.startswith("assert"):
+            exec(compile(cell.source, f"solutions/{name}", "exec"), namespace)
     return namespace
 
 
-@pytest.fixture(scope="module")
-def ch03_solutions():
-    return solutions("03_gpt_model.ipynb")
+def stub(*args):
+    """A function whose body is still ``...``."""
 
 
 def test_check_reports_three_states_and_survives_errors(capsys):
@@ -39,47 +40,143 @@ def test_check_reports_three_states_and_survives_errors(capsys):
     assert check("t", lambda: "x", lambda got: got + 1 > 0, "hint") == FAILED  # an answer that cannot be judged
 
 
-def _stub(*args):
-    return None
+CH01, CH02, CH03 = "01_tokens_and_embeddings.ipynb", "02_self_attention.ipynb", "03_gpt_model.ipynb"
+TEXT = lambda ns: "\n".join(ns["train_lines"][:300])  # noqa: E731
 
 
-CH03 = {
-    "params_no_bias": (
-        "n_params_no_bias",
-        # With the biases still counted (section 5's formula): the plausible slip.
-        lambda c: (
-            c.vocab_size * c.n_embd + c.block_size * c.n_embd + c.n_layer * (12 * c.n_embd**2 + 13 * c.n_embd) + 2 * c.n_embd
-        ),
+def _unweighted_merge_step(word_counts, new_id):  # counts each distinct word once, forgetting how often it occurs
+    ns = solved(CH01)
+    return ns["merge_step"](dict.fromkeys(word_counts, 1), new_id)[0], ns["merge_step"](word_counts, new_id)[1]
+
+
+def _swapped_positions(n, dim):  # cos in the even columns, sin in the odd ones
+    return solved(CH01)["my_positions"](n, dim)[:, [i ^ 1 for i in range(dim)]]
+
+
+def _unscaled_query(ns):  # the scores not divided by sqrt(d)
+    import math
+
+    exps = [math.exp(sum(a * b for a, b in zip(ns["q_ex"], k))) for k in ns["keys_ex"]]
+    w = [e / sum(exps) for e in exps]
+    return w, [sum(wj * v[i] for wj, v in zip(w, ns["values_ex"])) for i in range(2)]
+
+
+def _one_query(ns, weights, output):
+    return ch02.one_query(weights, output, ns["q_ex"], ns["keys_ex"], ns["values_ex"])
+
+
+#: exercise -> (solutions notebook, the check on the solution, on a wrong answer, on the stub)
+CASES = {
+    "01.1 token counts": (
+        CH01,
+        lambda ns: ch01.token_counts(ns["counts"], ns["en"], ns["fr"]),
+        lambda ns: ch01.token_counts({k: v[::-1] for k, v in ns["counts"].items()}, ns["en"], ns["fr"]),  # FR, EN
+        lambda ns: ch01.token_counts(..., ns["en"], ns["fr"]),
     ),
-    "longer_context": ("prediction", "a"),
-    # Comparing every position, the changed one included: a causal model then seems to leak.
-    "leak": ("leak", lambda model, idx, t: (model(idx)[0] - model(idx.roll(1, dims=1))[0]).abs().max().item()),
-    # Right padding with an all-ones mask: the chapter's original stub.
-    "left_pad": (
-        "left_pad",
-        lambda seqs, pad_id: (
-            torch.tensor([s + [pad_id] * (max(map(len, seqs)) - len(s)) for s in seqs]),
-            torch.ones(len(seqs), max(map(len, seqs)), dtype=torch.long),
+    "01.2 longest encoding": (
+        CH01,
+        lambda ns: ch01.bytes_bound(ns["prediction"]),
+        lambda ns: ch01.bytes_bound("c"),
+        lambda ns: ch01.bytes_bound(...),
+    ),
+    "01.3 merge step": (
+        CH01,
+        lambda ns: ch01.merge_step(ns["merge_step"], TEXT(ns)),
+        lambda ns: ch01.merge_step(_unweighted_merge_step, TEXT(ns)),
+        lambda ns: ch01.merge_step(stub, TEXT(ns)),
+    ),
+    "01.4 positions": (
+        CH01,
+        lambda ns: ch01.positions(ns["my_positions"]),
+        lambda ns: ch01.positions(_swapped_positions),
+        lambda ns: ch01.positions(stub),
+    ),
+    "02.1 causal mask": (
+        CH02,
+        lambda ns: ch02.causal(ns["my_causal_mask"]),
+        lambda ns: ch02.causal(lambda T: torch.arange(T)[:, None] <= torch.arange(T)[None, :]),  # the upper triangle
+        lambda ns: ch02.causal(stub),
+    ),
+    "02.2 sharper keys": (
+        CH02,
+        lambda ns: ch02.sharper_keys(ns["prediction"]),
+        lambda ns: ch02.sharper_keys("b"),
+        lambda ns: ch02.sharper_keys(...),
+    ),
+    "02.3 one query": (
+        CH02,
+        lambda ns: _one_query(ns, ns["my_weights"], ns["my_output"]),
+        lambda ns: _one_query(ns, *_unscaled_query(ns)),
+        lambda ns: _one_query(ns, ..., ...),
+    ),
+    "02.4 one head": (
+        CH02,
+        lambda ns: ch02.one_head(ns["my_head_weights"], ns["mha"], ns["xh"], ns["head"]),
+        lambda ns: ch02.one_head(torch.softmax(ns["scores"], -1).detach(), ns["mha"], ns["xh"], ns["head"]),  # no mask
+        lambda ns: ch02.one_head(..., ns["mha"], ns["xh"], ns["head"]),
+    ),
+    "03.1 parameters without biases": (
+        CH03,
+        lambda ns: ch03.params_no_bias(ns["n_params_no_bias"]),
+        # With the biases still counted (section 5's formula).
+        lambda ns: ch03.params_no_bias(
+            lambda c: (
+                c.vocab_size * c.n_embd + c.block_size * c.n_embd + c.n_layer * (12 * c.n_embd**2 + 13 * c.n_embd) + 2 * c.n_embd
+            )
         ),
+        lambda ns: ch03.params_no_bias(stub),
+    ),
+    "03.2 longer context": (
+        CH03,
+        lambda ns: ch03.longer_context(ns["prediction"]),
+        lambda ns: ch03.longer_context("a"),
+        lambda ns: ch03.longer_context(...),
+    ),
+    "03.3 leak": (
+        CH03,
+        lambda ns: ch03.leak(ns["leak"]),
+        # Comparing every position, the changed one included: a causal model then seems to leak.
+        lambda ns: ch03.leak(lambda model, idx, t: (model(idx)[0] - model(idx.roll(1, dims=1))[0]).abs().max().item()),
+        lambda ns: ch03.leak(stub),
+    ),
+    "03.4 left padding": (
+        CH03,
+        lambda ns: ch03.left_pad(ns["left_pad"]),
+        lambda ns: ch03.left_pad(  # right padding with an all-ones mask
+            lambda seqs, pad_id: (
+                torch.tensor([s + [pad_id] * (max(map(len, seqs)) - len(s)) for s in seqs]),
+                torch.ones(len(seqs), max(map(len, seqs)), dtype=torch.long),
+            )
+        ),
+        lambda ns: ch03.left_pad(stub),
     ),
 }
 
 
-@pytest.mark.parametrize("exercise", sorted(CH03))
-def test_ch03_checks_pass_on_the_solution_and_fail_on_a_wrong_answer(exercise, ch03_solutions, capsys):
-    judge = getattr(ch03, exercise)
-    name, wrong = CH03[exercise]
-    assert judge(ch03_solutions[name]) == PASSED
-    assert judge(wrong) == FAILED
-    assert judge(... if name == "prediction" else _stub) == NOT_ATTEMPTED
+@pytest.mark.parametrize("exercise", sorted(CASES))
+def test_check_passes_on_the_solution_fails_on_a_wrong_answer_and_waits_for_an_attempt(exercise, capsys):
+    notebook, on_solution, on_wrong, on_stub = CASES[exercise]
+    ns = solved(notebook)
+    capsys.readouterr()
+    assert on_solution(ns) == PASSED
+    assert on_wrong(ns) == FAILED
+    assert on_stub(ns) == NOT_ATTEMPTED
     printed = capsys.readouterr().out
     assert printed.count("✓") == 1 and printed.count("✗") == 1 and "not attempted" in printed
 
 
-def test_ch03_failures_do_not_print_the_answer(ch03_solutions, capsys):
-    ch03.params_no_bias(CH03["params_no_bias"][1])
-    ch03.longer_context("a")
+def test_every_check_of_a_converted_chapter_is_tested():
+    tested = {(exercise[:2], int(exercise[3])) for exercise in CASES}
+    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03)):
+        checks = [f for name, f in vars(module).items() if callable(f) and getattr(f, "__module__", "") == module.__name__]
+        numbers = {int(f.__doc__.split("Exercise ")[1].split()[0]) for f in checks if not f.__name__.startswith("_")}
+        assert {(chapter, n) for n in numbers} <= tested, f"chapter {chapter}: untested checks"
+
+
+def test_failures_do_not_print_the_answer(capsys):
+    for exercise in ("03.1 parameters without biases", "03.2 longer context", "01.2 longest encoding", "02.2 sharper keys"):
+        assert CASES[exercise][2]({}) == FAILED  # these wrong answers need nothing from the solutions
     printed = capsys.readouterr().out
     counted = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=8, bias=False)).num_params(False)
     assert str(counted) not in printed and f"{counted:,}" not in printed
-    assert '"b"' not in printed and "(b)" not in printed
+    assert not any(f"({letter})" in printed or f'"{letter}"' in printed for letter in "abcd")
