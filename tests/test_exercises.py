@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, check
+from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch05, check
 from helpers.model import GPT, GPTConfig
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
@@ -41,6 +41,7 @@ def test_check_reports_three_states_and_survives_errors(capsys):
 
 
 CH01, CH02, CH03 = "01_tokens_and_embeddings.ipynb", "02_self_attention.ipynb", "03_gpt_model.ipynb"
+CH05 = "05_masked_lm.ipynb"
 TEXT = lambda ns: "\n".join(ns["train_lines"][:300])  # noqa: E731
 
 
@@ -59,6 +60,21 @@ def _unscaled_query(ns):  # the scores not divided by sqrt(d)
     exps = [math.exp(sum(a * b for a, b in zip(ns["q_ex"], k))) for k in ns["keys_ex"]]
     w = [e / sum(exps) for e in exps]
     return w, [sum(wj * v[i] for wj, v in zip(w, ns["values_ex"])) for i in range(2)]
+
+
+def _bert_masking(ns):  # BERT's 80/10/10 rule: not every selected token becomes the mask
+    tok = ns["tok"]
+    return lambda ids, p, g: ns["mask_tokens"](ids, tok.mask_id, tok.vocab_size, p, g, tok.special_ids)
+
+
+def _least_similar(ns):
+    return lambda q, emb, k: torch.topk(-(emb @ ns["minilm_embed"]([q])[0]), k).indices.tolist()
+
+
+@torch.no_grad()
+def _left_side_only(model, blanks, n_candidates=5):
+    device = next(model.parameters()).device
+    return [int(model(torch.tensor([b.ids[: b.pos]], device=device))[0][0, -1].argmax()) for b in blanks]
 
 
 def _one_query(ns, weights, output):
@@ -150,6 +166,30 @@ CASES = {
         ),
         lambda ns: ch03.left_pad(stub),
     ),
+    "05.1 masked share": (
+        CH05,
+        lambda ns: ch05.masked_share(ns["prediction"]),
+        lambda ns: ch05.masked_share("a"),
+        lambda ns: ch05.masked_share(...),
+    ),
+    "05.2 masks only": (
+        CH05,
+        lambda ns: ch05.mask_only(ns["mask_only"], ns["train_ids"][:50_000], ns["tok"]),
+        lambda ns: ch05.mask_only(_bert_masking(ns), ns["train_ids"][:50_000], ns["tok"]),
+        lambda ns: ch05.mask_only(stub, ns["train_ids"][:50_000], ns["tok"]),
+    ),
+    "05.3 search": (
+        CH05,
+        lambda ns: ch05.search(ns["search"], ns["en_verses"], ns["en_emb"]),
+        lambda ns: ch05.search(_least_similar(ns), ns["en_verses"], ns["en_emb"]),
+        lambda ns: ch05.search(stub, ns["en_verses"], ns["en_emb"]),
+    ),
+    "05.4 rescoring": (
+        CH05,
+        lambda ns: ch05.rescore(ns["rescore_choices"], ns["gpt04"], ns["blanks"]["en"][:30]),
+        lambda ns: ch05.rescore(_left_side_only, ns["gpt04"], ns["blanks"]["en"][:30]),
+        lambda ns: ch05.rescore(stub, ns["gpt04"], ns["blanks"]["en"][:30]),
+    ),
 }
 
 
@@ -167,7 +207,7 @@ def test_check_passes_on_the_solution_fails_on_a_wrong_answer_and_waits_for_an_a
 
 def test_every_check_of_a_converted_chapter_is_tested():
     tested = {(exercise[:2], int(exercise[3])) for exercise in CASES}
-    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03)):
+    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03), ("05", ch05)):
         checks = [f for name, f in vars(module).items() if callable(f) and getattr(f, "__module__", "") == module.__name__]
         numbers = {int(f.__doc__.split("Exercise ")[1].split()[0]) for f in checks if not f.__name__.startswith("_")}
         assert {(chapter, n) for n in numbers} <= tested, f"chapter {chapter}: untested checks"
@@ -180,3 +220,12 @@ def test_failures_do_not_print_the_answer(capsys):
     counted = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=8, bias=False)).num_params(False)
     assert str(counted) not in printed and f"{counted:,}" not in printed
     assert not any(f"({letter})" in printed or f'"{letter}"' in printed for letter in "abcd")
+
+
+def test_checks_leave_the_random_state_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    ch03.leak(stub)
+    ch03.left_pad(stub)
+    assert torch.equal(torch.rand(3), expected)

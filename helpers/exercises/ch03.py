@@ -11,8 +11,9 @@ _TINY = dict(block_size=32, n_layer=2, n_head=4, n_embd=32)
 
 
 def _tiny(vocab_size: int = 64, seed: int = 0, **overrides) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=vocab_size, **{**_TINY, **overrides})).eval()
+    with torch.random.fork_rng(devices=[]):  # the learner's random state is left as it was
+        torch.manual_seed(seed)
+        return GPT(GPTConfig(vocab_size=vocab_size, **{**_TINY, **overrides})).eval()
 
 
 def params_no_bias(n_params_no_bias) -> str:
