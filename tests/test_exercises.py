@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch05, check
+from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, check
 from helpers.model import GPT, GPTConfig
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
@@ -41,7 +41,7 @@ def test_check_reports_three_states_and_survives_errors(capsys):
 
 
 CH01, CH02, CH03 = "01_tokens_and_embeddings.ipynb", "02_self_attention.ipynb", "03_gpt_model.ipynb"
-CH05 = "05_masked_lm.ipynb"
+CH04, CH05, CH06 = "04_pretraining.ipynb", "05_masked_lm.ipynb", "06_translation_finetuning.ipynb"
 TEXT = lambda ns: "\n".join(ns["train_lines"][:300])  # noqa: E731
 
 
@@ -75,6 +75,34 @@ def _least_similar(ns):
 def _left_side_only(model, blanks, n_candidates=5):
     device = next(model.parameters()).device
     return [int(model(torch.tensor([b.ids[: b.pos]], device=device))[0][0, -1].argmax()) for b in blanks]
+
+
+def _entropy_in_bits(logits, temperature):
+    p = torch.softmax(logits / temperature, -1)
+    return -(p * torch.log2(p.clamp_min(1e-30))).sum()
+
+
+def _nucleus_one_short(probs, p):  # stops before the token that reaches p
+    sorted_probs, order = torch.sort(probs, descending=True)
+    return set(order[: max(int((sorted_probs.cumsum(0) < p).sum()), 1)].tolist())
+
+
+def _unclipped_bleu(hypotheses, references):  # counts a repeated n-gram every time, however often the reference has it
+    import math
+    from collections import Counter
+
+    matches, totals, hyp_len, ref_len = [0] * 4, [0] * 4, 0, 0
+    for hyp, ref in zip(hypotheses, references):
+        h, r = hyp.split(), ref.split()
+        hyp_len, ref_len = hyp_len + len(h), ref_len + len(r)
+        for n in range(1, 5):
+            r_grams = Counter(tuple(r[i : i + n]) for i in range(len(r) - n + 1))
+            matches[n - 1] += sum(1 for i in range(len(h) - n + 1) if tuple(h[i : i + n]) in r_grams)
+            totals[n - 1] += max(len(h) - n + 1, 0)
+    if min(matches) == 0:
+        return 0.0
+    bp = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
+    return 100 * bp * math.exp(sum(math.log(m / t) for m, t in zip(matches, totals)) / 4)
 
 
 def _one_query(ns, weights, output):
@@ -186,9 +214,66 @@ CASES = {
     ),
     "05.4 rescoring": (
         CH05,
-        lambda ns: ch05.rescore(ns["rescore_choices"], ns["gpt04"], ns["blanks"]["en"][:30]),
-        lambda ns: ch05.rescore(_left_side_only, ns["gpt04"], ns["blanks"]["en"][:30]),
-        lambda ns: ch05.rescore(stub, ns["gpt04"], ns["blanks"]["en"][:30]),
+        lambda ns: ch05.rescore(ns["rescore_choices"], ns["gpt04"], ns["blanks"]["en"][:12]),
+        lambda ns: ch05.rescore(_left_side_only, ns["gpt04"], ns["blanks"]["en"][:12]),
+        lambda ns: ch05.rescore(stub, ns["gpt04"], ns["blanks"]["en"][:12]),
+    ),
+    "04.1 perplexity": (
+        CH04,
+        lambda ns: ch04.perplexity(ns["prediction"]),
+        lambda ns: ch04.perplexity("b"),
+        lambda ns: ch04.perplexity(...),
+    ),
+    "04.2 entropy": (
+        CH04,
+        lambda ns: ch04.entropy(ns["entropy_at"], ns["logits"][0]),
+        lambda ns: ch04.entropy(_entropy_in_bits, ns["logits"][0]),
+        lambda ns: ch04.entropy(stub, ns["logits"][0]),
+    ),
+    "04.3 nucleus": (
+        CH04,
+        lambda ns: ch04.nucleus(ns["nucleus"], ns["logits"][0]),
+        lambda ns: ch04.nucleus(_nucleus_one_short, ns["logits"][0]),
+        lambda ns: ch04.nucleus(stub, ns["logits"][0]),
+    ),
+    "04.4 surprising verse": (
+        CH04,
+        lambda ns: ch04.surprising(ns["surprising"], ns["model"], ns["tok"], ns["candidates"]),
+        # The verse of the largest total loss: long verses win, whatever their loss per token.
+        lambda ns: ch04.surprising(
+            max(ns["candidates"][:60], key=lambda t: ns["verse_loss"](t) * len(ns["tok"].encode(t))),
+            ns["model"],
+            ns["tok"],
+            ns["candidates"][:60],
+        ),
+        lambda ns: ch04.surprising(..., ns["model"], ns["tok"], ns["candidates"]),
+    ),
+    "06.1 label mask": (
+        CH06,
+        lambda ns: ch06.label_mask(ns["next_is_target"], ns["train"].examples[:20], ns["tok"].pad_id),
+        # One position late: the label of the target token itself instead of the position before it.
+        lambda ns: ch06.label_mask(
+            lambda ids, start: [t >= start for t in range(len(ids) - 1)], ns["train"].examples[:20], ns["tok"].pad_id
+        ),
+        lambda ns: ch06.label_mask(stub, ns["train"].examples[:20], ns["tok"].pad_id),
+    ),
+    "06.2 half empty": (
+        CH06,
+        lambda ns: ch06.half_empty(ns["prediction"]),
+        lambda ns: ch06.half_empty("a"),
+        lambda ns: ch06.half_empty(...),
+    ),
+    "06.3 length penalty": (
+        CH06,
+        lambda ns: ch06.length_penalty(ns["choose"]),
+        lambda ns: ch06.length_penalty(lambda short, long, lp: "short" if sum(short) > sum(long) else "long"),  # penalty ignored
+        lambda ns: ch06.length_penalty(stub),
+    ),
+    "06.4 BLEU": (
+        CH06,
+        lambda ns: ch06.corpus_bleu(ns["my_bleu"], ns["refs"]),
+        lambda ns: ch06.corpus_bleu(_unclipped_bleu, ns["refs"]),
+        lambda ns: ch06.corpus_bleu(stub, ns["refs"]),
     ),
 }
 
@@ -207,14 +292,22 @@ def test_check_passes_on_the_solution_fails_on_a_wrong_answer_and_waits_for_an_a
 
 def test_every_check_of_a_converted_chapter_is_tested():
     tested = {(exercise[:2], int(exercise[3])) for exercise in CASES}
-    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03), ("05", ch05)):
+    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03), ("04", ch04), ("05", ch05), ("06", ch06)):
         checks = [f for name, f in vars(module).items() if callable(f) and getattr(f, "__module__", "") == module.__name__]
         numbers = {int(f.__doc__.split("Exercise ")[1].split()[0]) for f in checks if not f.__name__.startswith("_")}
         assert {(chapter, n) for n in numbers} <= tested, f"chapter {chapter}: untested checks"
 
 
 def test_failures_do_not_print_the_answer(capsys):
-    for exercise in ("03.1 parameters without biases", "03.2 longer context", "01.2 longest encoding", "02.2 sharper keys"):
+    for exercise in (
+        "03.1 parameters without biases",
+        "03.2 longer context",
+        "01.2 longest encoding",
+        "02.2 sharper keys",
+        "04.1 perplexity",
+        "06.2 half empty",
+        "06.3 length penalty",
+    ):
         assert CASES[exercise][2]({}) == FAILED  # these wrong answers need nothing from the solutions
     printed = capsys.readouterr().out
     counted = GPT(GPTConfig(vocab_size=100, block_size=16, n_layer=1, n_head=2, n_embd=8, bias=False)).num_params(False)
