@@ -195,12 +195,18 @@ def test_bottleneck_adapters_start_as_identity_and_train_alone():
 # ---- prompt and prefix tuning -------------------------------------------------------------------------------
 
 
-def test_prompt_tuning_equals_peft():
+def _peft_twin(wrapper, config_class, values):
+    """Our ``wrapper`` of a fresh base model and peft's ``config_class`` on its export, holding the same ``values``."""
     base = base_model()
-    ours = PromptTuning(copy.deepcopy(base), n_virtual=P)
-    theirs = get_peft_model(to_hf(base), PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
+    ours = wrapper(copy.deepcopy(base), n_virtual=P)
+    theirs = get_peft_model(to_hf(base), config_class(task_type="CAUSAL_LM", num_virtual_tokens=P))
     with torch.no_grad():
-        theirs.prompt_encoder["default"].embedding.weight.copy_(ours.prompt)
+        theirs.prompt_encoder["default"].embedding.weight.copy_(values(ours))
+    return ours, theirs
+
+
+def test_prompt_tuning_equals_peft():
+    ours, theirs = _peft_twin(PromptTuning, PromptTuningConfig, lambda m: m.prompt)
     assert count_parameters(ours)[0] == theirs.get_nb_trainable_parameters()[0] == P * 32
     idx, mask = tokens(), torch.ones(3, 10, dtype=torch.long)
     mask[0, 7:] = 0  # right padding
@@ -216,11 +222,7 @@ def test_prompt_tuning_equals_peft():
 
 
 def test_prefix_tuning_equals_peft():
-    base = base_model()
-    ours = PrefixTuning(copy.deepcopy(base), n_virtual=P)
-    theirs = get_peft_model(to_hf(base), PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P))
-    with torch.no_grad():
-        theirs.prompt_encoder["default"].embedding.weight.copy_(ours.prefix)
+    ours, theirs = _peft_twin(PrefixTuning, PrefixTuningConfig, lambda m: m.prefix)
     assert count_parameters(ours)[0] == theirs.get_nb_trainable_parameters()[0] == P * 2 * 2 * 32
     idx, targets = tokens(), tokens(seed=2)
     ours_logits, ours_loss = ours(idx, targets)

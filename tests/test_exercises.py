@@ -109,6 +109,11 @@ def _one_query(ns, weights, output):
     return ch02.one_query(weights, output, ns["q_ex"], ns["keys_ex"], ns["values_ex"])
 
 
+def _prediction(notebook, judge, wrong):
+    """The cases of a "predict, then run" question: the solution's letter, a wrong one, none yet."""
+    return notebook, lambda ns: judge(ns["prediction"]), lambda ns: judge(wrong), lambda ns: judge(...)
+
+
 #: exercise -> (solutions notebook, the check on the solution, on a wrong answer, on the stub)
 CASES = {
     "01.1 token counts": (
@@ -117,12 +122,7 @@ CASES = {
         lambda ns: ch01.token_counts({k: v[::-1] for k, v in ns["counts"].items()}, ns["en"], ns["fr"]),  # FR, EN
         lambda ns: ch01.token_counts(..., ns["en"], ns["fr"]),
     ),
-    "01.2 longest encoding": (
-        CH01,
-        lambda ns: ch01.bytes_bound(ns["prediction"]),
-        lambda ns: ch01.bytes_bound("c"),
-        lambda ns: ch01.bytes_bound(...),
-    ),
+    "01.2 longest encoding": _prediction(CH01, ch01.bytes_bound, "c"),
     "01.3 merge step": (
         CH01,
         lambda ns: ch01.merge_step(ns["merge_step"], TEXT(ns)),
@@ -141,12 +141,7 @@ CASES = {
         lambda ns: ch02.causal(lambda T: torch.arange(T)[:, None] <= torch.arange(T)[None, :]),  # the upper triangle
         lambda ns: ch02.causal(stub),
     ),
-    "02.2 sharper keys": (
-        CH02,
-        lambda ns: ch02.sharper_keys(ns["prediction"]),
-        lambda ns: ch02.sharper_keys("b"),
-        lambda ns: ch02.sharper_keys(...),
-    ),
+    "02.2 sharper keys": _prediction(CH02, ch02.sharper_keys, "b"),
     "02.3 one query": (
         CH02,
         lambda ns: _one_query(ns, ns["my_weights"], ns["my_output"]),
@@ -170,12 +165,7 @@ CASES = {
         ),
         lambda ns: ch03.params_no_bias(stub),
     ),
-    "03.2 longer context": (
-        CH03,
-        lambda ns: ch03.longer_context(ns["prediction"]),
-        lambda ns: ch03.longer_context("a"),
-        lambda ns: ch03.longer_context(...),
-    ),
+    "03.2 longer context": _prediction(CH03, ch03.longer_context, "a"),
     "03.3 leak": (
         CH03,
         lambda ns: ch03.leak(ns["leak"]),
@@ -194,12 +184,7 @@ CASES = {
         ),
         lambda ns: ch03.left_pad(stub),
     ),
-    "05.1 masked share": (
-        CH05,
-        lambda ns: ch05.masked_share(ns["prediction"]),
-        lambda ns: ch05.masked_share("a"),
-        lambda ns: ch05.masked_share(...),
-    ),
+    "05.1 masked share": _prediction(CH05, ch05.masked_share, "a"),
     "05.2 masks only": (
         CH05,
         lambda ns: ch05.mask_only(ns["mask_only"], ns["train_ids"][:50_000], ns["tok"]),
@@ -218,12 +203,7 @@ CASES = {
         lambda ns: ch05.rescore(_left_side_only, ns["gpt04"], ns["blanks"]["en"][:12]),
         lambda ns: ch05.rescore(stub, ns["gpt04"], ns["blanks"]["en"][:12]),
     ),
-    "04.1 perplexity": (
-        CH04,
-        lambda ns: ch04.perplexity(ns["prediction"]),
-        lambda ns: ch04.perplexity("b"),
-        lambda ns: ch04.perplexity(...),
-    ),
+    "04.1 perplexity": _prediction(CH04, ch04.perplexity, "b"),
     "04.2 entropy": (
         CH04,
         lambda ns: ch04.entropy(ns["entropy_at"], ns["logits"][0]),
@@ -257,12 +237,7 @@ CASES = {
         ),
         lambda ns: ch06.label_mask(stub, ns["train"].examples[:20], ns["tok"].pad_id),
     ),
-    "06.2 half empty": (
-        CH06,
-        lambda ns: ch06.half_empty(ns["prediction"]),
-        lambda ns: ch06.half_empty("a"),
-        lambda ns: ch06.half_empty(...),
-    ),
+    "06.2 half empty": _prediction(CH06, ch06.half_empty, "a"),
     "06.3 length penalty": (
         CH06,
         lambda ns: ch06.length_penalty(ns["choose"]),

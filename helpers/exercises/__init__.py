@@ -41,6 +41,12 @@ def check(title: str, attempt: Callable[[], object], is_right: Callable[[object]
     return PASSED if right else FAILED
 
 
+def choice(title: str, answer, right: str, hint: str) -> str:
+    """Judge a multiple-choice answer (a "predict, then run" question): the letter ``right``, in any case or spacing.
+    Chapter 01 on (one such question per chapter)."""
+    return check(title, lambda: answer, lambda got: str(got).strip().lower() == right, hint)
+
+
 def each(values: list):
     """``values``, or None if any of them is None or ``...`` (one case not attempted means the exercise is not).
     Chapter 03 on (the exercises of each chapter)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from helpers.exercises import check, each
+from helpers.exercises import check, choice, each
 from helpers.model import GPT, GPTConfig
 
 _TINY = dict(block_size=32, n_layer=2, n_head=4, n_embd=32)
@@ -35,10 +35,10 @@ def params_no_bias(n_params_no_bias) -> str:
 def longer_context(answer) -> str:
     """Exercise 2 (easy, predict then run): what doubling ``block_size`` does to the parameter count (chapter 03,
     section 5): only the position table grows, by block_size x n_embd."""
-    return check(
+    return choice(
         "Exercise 2 (a longer context)",
-        lambda: answer,
-        lambda got: str(got).strip().lower() == "b",
+        answer,
+        "b",
         "which of the model's tables or matrices has one row per position? Count the parameters of two models to see.",
     )
 

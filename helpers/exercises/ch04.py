@@ -8,17 +8,17 @@ import torch.nn.functional as F
 from helpers.batches import pad
 from helpers.decode import top_p_filter
 from helpers.env import eval_mode
-from helpers.exercises import check
+from helpers.exercises import check, choice
 from helpers.model import IGNORE_INDEX
 
 
 def perplexity(answer) -> str:
     """Exercise 1 (easy, predict then run): a mean loss of ln 100 nats per token is a perplexity of 100, the number
     of equally likely tokens the model is as unsure as (chapter 04, section 5)."""
-    return check(
+    return choice(
         "Exercise 1 (a loss as a number of choices)",
-        lambda: answer,
-        lambda got: str(got).strip().lower() == "a",
+        answer,
+        "a",
         "perplexity is exp(loss); a model that spreads its probability evenly over n tokens has loss ln n.",
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from helpers.exercises import check
+from helpers.exercises import check, choice
 from helpers.model import GPT, IGNORE_INDEX, GPTConfig
 from helpers.sentence_embeddings import minilm_embed
 
@@ -13,10 +13,10 @@ from helpers.sentence_embeddings import minilm_embed
 def masked_share(answer) -> str:
     """Exercise 1 (easy, predict then run): with p = 0.15 and BERT's 80/10/10 rule, 12% of all tokens become
     ``<|mask|>`` (chapter 05, section 2)."""
-    return check(
+    return choice(
         "Exercise 1 (how much is masked)",
-        lambda: answer,
-        lambda got: str(got).strip().lower() == "b",
+        answer,
+        "b",
         "of the tokens selected for prediction, which share is replaced by the mask token? Multiply.",
     )
 
