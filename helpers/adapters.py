@@ -15,8 +15,8 @@ Each adds parameter names of its own and leaves the base model's names as they a
 layers of LoRA (``c_attn.weight`` becomes ``c_attn.base.weight``). :func:`save_adapter` and :func:`load_adapter`
 store only the trained tensors (a few hundred KB instead of the whole model), in safetensors.
 
-Chapter 07's notebook is still to be written; these blocks come first, each proved equal to ``peft``'s where the
-definitions match (tests/test_adapters.py).
+Each is proved equal to ``peft``'s where the definitions match (chapter 07 and tests/test_adapters.py). AdaLoRA,
+which reallocates ranks during training, is used through ``peft`` itself (:func:`add_adalora`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -271,6 +272,11 @@ class PromptTuning(nn.Module):
             raise ValueError(f"init_ids must give n_virtual={n_virtual} token ids, got {ids.numel()}.")
         self.prompt = nn.Parameter(wte.detach()[ids.to(wte.device)].clone())
 
+    @property
+    def config(self):
+        """The model's config with ``block_size`` lowered by the prompt's length: the positions left for tokens."""
+        return replace(self.model.config, block_size=self.model.config.block_size - self.prompt.size(0))
+
     def prefix(self, batch_size: int) -> torch.Tensor:
         """The learned vectors for a batch: (batch_size, n_virtual, n_embd)."""
         return self.prompt.expand(batch_size, -1, -1)
@@ -305,6 +311,11 @@ class PrefixTuning(nn.Module):
         prefix = torch.randn(n_virtual, c.n_layer * 2 * c.n_embd, generator=generator)
         self.prefix = nn.Parameter(prefix.to(device=ref.device, dtype=ref.dtype))
 
+    @property
+    def config(self):
+        """The model's config with ``block_size`` lowered by the prefix's length: the positions left for tokens."""
+        return replace(self.model.config, block_size=self.model.config.block_size - self.n_virtual)
+
     def cache(self, batch_size: int, max_len: int) -> KVCache:
         """A KV cache for ``batch_size`` rows and ``max_len`` positions, holding the prefix in its first P."""
         c = self.model.config
@@ -325,6 +336,95 @@ class PrefixTuning(nn.Module):
                 "shorten the input or use fewer virtual tokens."
             )
         return self.model(idx, targets, attention_mask, cache=self.cache(B, self.n_virtual + T))
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens: int, **kwargs) -> torch.Tensor:
+        """``GPT.generate`` continuing after the learned prefix (a cache that holds it)."""
+        B, T = idx.shape
+        if self.n_virtual + T + max_new_tokens > self.model.config.block_size:
+            raise ValueError(
+                f"The prefix ({self.n_virtual}) + prompt ({T}) + max_new_tokens ({max_new_tokens}) is more than "
+                f"block_size={self.model.config.block_size}; lower max_new_tokens or shorten the prompt."
+            )
+        return self.model.generate(idx, max_new_tokens, cache=self.cache(B, self.n_virtual + T + max_new_tokens), **kwargs)
+
+
+# ------------------------------------------------------------------------------------------ AdaLoRA, with peft
+def add_adalora(
+    model: nn.Module,
+    *,
+    total_step: int,
+    init_r: int = 12,
+    target_r: int = 8,
+    tinit: int = 0,
+    tfinal: int = 0,
+    delta_t: int = 1,
+    alpha: float = 16.0,
+    targets: Iterable[str] = GPT_LINEARS,
+    orth_reg_weight: float = 0.5,
+):
+    """``peft``'s AdaLoRA (Zhang et al. 2023) on a ``transformers`` export of our GPT ``model`` (left as it is).
+
+    AdaLoRA writes each update as ``P diag(E) Q`` (an SVD-like form, kept near-orthogonal by a penalty in the loss)
+    and starts every matrix at rank ``init_r``. After ``tinit`` warm-up steps it scores each singular value's
+    importance from its gradients, every ``delta_t`` steps, and masks the least important ones until, ``tfinal``
+    steps before ``total_step``, ``target_r`` per matrix are left on average: the ranks go where they help most.
+    GPT-2's ``Conv1D`` layers store weights as (in, out), hence ``fan_in_fan_out=True``.
+
+    Returns ``(lm, after_step)``: ``lm`` a :class:`helpers.hf.CourseLM` around the ``peft`` model, trainable with
+    :class:`helpers.train.Trainer` (or ``finetune``) when ``after_step`` is passed to it (it reallocates the ranks
+    after each update, as ``peft`` asks). Chapter 07.
+    """
+    from peft import AdaLoraConfig, get_peft_model
+
+    from helpers.hf import CourseLM, to_hf
+
+    config = AdaLoraConfig(
+        task_type="CAUSAL_LM",
+        target_modules=list(targets),
+        fan_in_fan_out=True,
+        init_r=_positive_int("init_r", init_r),
+        target_r=_positive_int("target_r", target_r),
+        tinit=tinit,
+        tfinal=tfinal,
+        deltaT=_positive_int("delta_t", delta_t),
+        total_step=_positive_int("total_step", total_step),
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        orth_reg_weight=orth_reg_weight,
+    )
+    if target_r > init_r or tinit + tfinal >= total_step:
+        raise ValueError(
+            f"AdaLoRA needs target_r <= init_r (got {target_r} > {init_r}) and tinit + tfinal < total_step "
+            f"(got {tinit} + {tfinal} >= {total_step}): there must be steps in between to reallocate ranks."
+        )
+    peft_model = get_peft_model(to_hf(model), config)
+    lm = CourseLM(peft_model, pad_id=0)
+
+    def after_step(trainer) -> None:
+        peft_model.base_model.update_and_allocate(trainer.step - 1)  # the index of the update just made
+
+    return lm, after_step
+
+
+def adalora_ranks(lm) -> dict[str, int]:
+    """The rank AdaLoRA keeps for each adapted matrix of an :func:`add_adalora` model, by module name
+    (``transformer.h.0.attn.c_attn``...): ``init_r`` for each before any reallocation. Chapter 07."""
+    peft_model = lm.hf_model
+    config = peft_model.peft_config["default"]
+    # peft names a matrix's singular values "<module>.lora_E.default", and drops ".default" when it saves the model.
+    module = lambda name: re.sub(r"\.lora_E(\.default)?$", "", name.removeprefix("base_model.model."))  # noqa: E731
+    if config.rank_pattern:
+        return {module(name): int(sum(kept)) for name, kept in config.rank_pattern.items()}
+    return {module(n): config.init_r for n, _ in peft_model.named_parameters() if ".lora_E" in n}
+
+
+def adalora_to_gpt(lm) -> nn.Module:
+    """Our GPT with an :func:`add_adalora` model's updates merged into its weights (``peft``'s ``merge_and_unload``,
+    then :func:`helpers.hf.from_hf`), to decode and score like any other. The ``peft`` model is used up. Chapter 07."""
+    from helpers.hf import from_hf
+
+    return from_hf(lm.hf_model.merge_and_unload())
 
 
 # ------------------------------------------------------------------------------------------- saving adapters

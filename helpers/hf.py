@@ -8,6 +8,7 @@ on the way. GPT-2's activation ``gelu_new`` is the tanh approximation of GELU th
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from helpers.env import eval_mode
 from helpers.model import GPT, GPTConfig
@@ -127,3 +128,36 @@ def max_logit_diff(model: GPT, hf_model, idx: torch.Tensor) -> float:
         ours, _ = model(idx)
         theirs = hf_model(input_ids=idx).logits
     return (ours - theirs).abs().max().item()
+
+
+class CourseLM(torch.nn.Module):
+    """A ``transformers`` causal LM (or a ``peft`` model around one) that reads the course's batches:
+    ``forward(idx, targets=None, attention_mask=None)`` returns ``(logits, loss)`` as our GPT does, so that
+    :class:`helpers.train.Trainer` and :func:`helpers.recipes.translation.finetune` train it.
+
+    In training the loss is the library's own, so that what a wrapper adds to it counts (``peft``'s AdaLoRA adds
+    its orthogonality penalty there). The library shifts labels itself (position t predicts label t + 1), while our
+    ``targets`` are already shifted; one padding position appended after the tokens, unseen by any earlier one,
+    lets the two agree on every target. In eval mode the loss is the plain cross-entropy over the targets, as our
+    GPT computes it, so that validation losses compare across models.
+
+    Chapter 07 trains AdaLoRA with it.
+    """
+
+    def __init__(self, hf_model, pad_id: int = 0):
+        super().__init__()
+        self.hf_model, self.pad_id = hf_model, pad_id
+
+    def forward(self, idx, targets=None, attention_mask=None):
+        if targets is None or not self.training:
+            logits = self.hf_model(input_ids=idx, attention_mask=attention_mask).logits
+            loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+            return logits, loss
+        B = idx.size(0)
+        input_ids = torch.cat([idx, idx.new_full((B, 1), self.pad_id)], dim=1)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(idx)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_zeros(B, 1)], dim=1)
+        labels = torch.cat([targets.new_full((B, 1), -100), targets], dim=1)
+        out = self.hf_model(input_ids=input_ids, attention_mask=attention_mask, labels=labels)
+        return out.logits[:, :-1], out.loss

@@ -374,6 +374,7 @@ class GPT(nn.Module):
         generator: torch.Generator | None = None,
         prefix_embeds: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
     ) -> torch.Tensor:
         """Append up to ``max_new_tokens`` tokens to each row of ``idx`` (B, T); returns (B, T + new).
 
@@ -385,6 +386,8 @@ class GPT(nn.Module):
         With ``use_cache`` (the default) each step feeds only the newest token and reuses the cached keys/values;
         prefix + prompt + new tokens must then fit in block_size, or a ValueError says by how much they do not.
         Without the cache every step reruns the whole sequence, cropped to its last block_size positions.
+        ``cache``: a :class:`helpers.decode.KVCache` that already holds positions to continue after (a learned
+        prefix, chapter 07), with room for the prompt and the new tokens; by default an empty one is made.
         The model is in eval mode (no dropout) while generating and returns to its previous mode afterwards.
 
         Chapter 03 first calls it in section 7 and explains it in section 8.
@@ -396,16 +399,25 @@ class GPT(nn.Module):
         B, T = idx.shape
         P = 0 if prefix_embeds is None else self._check_prefix(prefix_embeds, B)
         block = self.config.block_size
-        if use_cache and P + T + max_new_tokens > block:
+        if cache is not None and not use_cache:
+            raise ValueError("A cache was given with use_cache=False; pass use_cache=True (the default) to continue it.")
+        if cache is None and use_cache and P + T + max_new_tokens > block:
             raise ValueError(
                 f"Prompt ({P + T} positions) + max_new_tokens ({max_new_tokens}) = {P + T + max_new_tokens} is more than "
                 f"block_size={block}; lower max_new_tokens or shorten the prompt, or pass use_cache=False to slide a "
                 f"window over the last {block} positions."
             )
+        if cache is not None and cache.length + P + T + max_new_tokens > cache.max_len:
+            raise ValueError(
+                f"The cache holds {cache.length} positions with room for {cache.max_len}; the prompt ({P + T} positions) "
+                f"and max_new_tokens ({max_new_tokens}) need {cache.length + P + T + max_new_tokens}: make a longer cache "
+                "or lower max_new_tokens."
+            )
         if attention_mask is not None:
             _check_attention_mask(attention_mask, idx)
         keep = None if attention_mask is None else attention_mask.to(device=idx.device, dtype=torch.long)
-        cache = KVCache(self.config, B, P + T + max_new_tokens) if use_cache and max_new_tokens else None
+        if cache is None and use_cache and max_new_tokens:
+            cache = KVCache(self.config, B, P + T + max_new_tokens)
         finished = torch.zeros(B, dtype=torch.bool, device=idx.device)
         out, step_idx, step_keep, step_prefix = idx, idx, keep, prefix_embeds
         with eval_mode(self):

@@ -197,7 +197,9 @@ class Trainer:
     run. ``device`` defaults to the device of the model's parameters. ``progress`` shows a tqdm bar.
     ``live_plot``: anything with ``update(history)`` (called after each evaluation) and ``close(history)`` (when
     ``fit`` returns), such as :class:`helpers.plots.LiveLossPlot`, which redraws the loss curves in a notebook.
-    With ``cfg.patience``, early stopping puts the best weights back into the model.
+    With ``cfg.patience``, early stopping puts the best weights back into the model. ``after_step(trainer)`` is
+    called after every update, with ``trainer.step`` already counting it and the gradients still in place (AdaLoRA
+    reallocates its ranks from them, chapter 07).
 
     Taught in chapter 04, section 3.
     """
@@ -212,6 +214,7 @@ class Trainer:
         device=None,
         progress: bool = True,
         live_plot=None,
+        after_step=None,
     ):
         if not callable(train_batches):
             raise TypeError(
@@ -241,7 +244,9 @@ class Trainer:
         )
         self._params = [p for g in groups for p in g["params"]]
         self._forward = torch.compile(model) if cfg.compile else model
-        self.progress, self.live_plot = progress, live_plot
+        if after_step is not None and not callable(after_step):
+            raise TypeError(f"after_step must be a function of the trainer, got {after_step!r}.")
+        self.progress, self.live_plot, self.after_step = progress, live_plot, after_step
         self.history = History()
         self.step = 0
         self.best_val: float | None = None
@@ -413,6 +418,8 @@ class Trainer:
         with tqdm(total=target, initial=self.step, desc="training", unit="step", disable=not self.progress) as bar:
             while self.step < target and not self.stopped_early:
                 row = self._train_step()
+                if self.after_step is not None:
+                    self.after_step(self)
                 evaluated = self.val_batches is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.max_steps)
                 if evaluated:
                     row["val_loss"] = self.evaluate()

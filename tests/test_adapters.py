@@ -11,6 +11,9 @@ from helpers.adapters import (
     LoRALinear,
     PrefixTuning,
     PromptTuning,
+    adalora_ranks,
+    adalora_to_gpt,
+    add_adalora,
     add_bottleneck_adapters,
     add_lora,
     count_parameters,
@@ -235,6 +238,56 @@ def test_prefix_tuning_equals_peft():
     assert trainable_names(ours) == {"prefix"}
     with pytest.raises(ValueError, match="block_size"):
         ours(tokens(1, CONFIG["block_size"]))
+
+
+def test_prefix_tuning_generates_after_its_prefix_as_peft_does():
+    ours, theirs = _peft_twin(PrefixTuning, PrefixTuningConfig, lambda m: m.prefix)
+    assert ours.config.block_size == CONFIG["block_size"] - P  # the positions left for tokens
+    idx = tokens(2, 6)
+    out = ours.generate(idx, 5, temperature=0)
+    # peft's forward pass over the generated text picks the same tokens (teacher forcing, every step at once)
+    theirs_next = theirs(input_ids=out[:, :-1]).logits[:, idx.size(1) - 1 :].argmax(-1)
+    assert torch.equal(theirs_next, out[:, idx.size(1) :])
+    seq = idx  # without the cache: each new token is the argmax of a forward pass over the sequence so far
+    for _ in range(5):
+        seq = torch.cat([seq, ours(seq)[0][:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(seq, out)
+    padded = torch.cat([torch.zeros(2, 2, dtype=torch.long), idx], dim=1)  # row 0 left-padded by 2, row 1 a longer prompt
+    padded[1, :2] = tokens(1, 2, seed=5)
+    mask = torch.ones_like(padded)
+    mask[0, :2] = 0
+    assert torch.equal(ours.generate(padded, 5, temperature=0, attention_mask=mask)[0, 2:], out[0])
+    with pytest.raises(ValueError, match="block_size"):
+        ours.generate(tokens(1, CONFIG["block_size"] - P - 2), 5)
+
+
+# ---- AdaLoRA, through peft ------------------------------------------------------------------------------------
+
+
+def test_adalora_trains_with_our_trainer_reallocates_ranks_and_merges_back_into_our_gpt(tmp_path):
+    from helpers.train import TrainConfig, Trainer
+
+    base = base_model()
+    lm, after_step = add_adalora(base, total_step=12, init_r=4, target_r=2, tinit=2, tfinal=3, alpha=8)
+    n_matrices = 4 * CONFIG["n_layer"]
+    kinds = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+    assert adalora_ranks(lm) == {f"transformer.h.{i}.{m}": 4 for i in range(2) for m in kinds}
+    trainable, _ = count_parameters(lm)
+    assert trainable == lm.hf_model.get_nb_trainable_parameters()[0]
+    batches = [{"idx": tokens(4, 12, seed=s), "targets": tokens(4, 12, seed=s + 100)} for s in range(3)]
+    cfg = TrainConfig(max_steps=12, lr=1e-2, warmup_steps=0, eval_every=12, weight_decay=0.0)
+    trainer = Trainer(lm, cfg, lambda i: batches[i % 3], batches[:1], progress=False, after_step=after_step)
+    trainer.fit()
+    ranks = adalora_ranks(lm)
+    assert sum(ranks.values()) == 2 * n_matrices and len(set(ranks.values())) > 1  # the budget, unevenly spread
+    lm.hf_model.save_pretrained(tmp_path)  # peft renames its record of the ranks when it saves
+    assert adalora_ranks(lm) == ranks
+    with torch.no_grad():
+        expected = lm(batches[0]["idx"])[0]
+    merged = adalora_to_gpt(lm).eval()
+    torch.testing.assert_close(merged(batches[0]["idx"])[0], expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="target_r <= init_r"):
+        add_adalora(base, total_step=10, init_r=2, target_r=4)
 
 
 # ---- saving ---------------------------------------------------------------------------------------------------

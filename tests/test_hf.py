@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers
 
-from helpers.hf import from_hf, hf_config, max_logit_diff, to_hf
+from helpers.hf import CourseLM, from_hf, hf_config, max_logit_diff, to_hf
 from helpers.model import GPT, GPTConfig
 
 CONFIG = dict(vocab_size=211, block_size=40, n_layer=2, n_head=4, n_embd=32)
@@ -69,3 +69,20 @@ def test_unrepresentable_configs_are_refused():
     exact_gelu.activation_function = "gelu"
     with pytest.raises(ValueError, match="activation_function"):
         from_hf(transformers.GPT2LMHeadModel(exact_gelu))
+
+
+def test_course_lm_gives_a_transformers_model_our_batches_and_our_loss(ours):
+    from helpers.recipes.translation import TranslationExample, collate
+
+    g = torch.Generator().manual_seed(3)
+    examples = [TranslationExample(torch.randint(3, 200, (n,), generator=g).tolist(), start) for n, start in ((12, 5), (7, 3))]
+    batch = collate(examples, pad_id=0)  # right-padded, targets masked before the target and at padding
+    wrapped = CourseLM(to_hf(ours).eval(), pad_id=0)
+    ours_logits, ours_loss = ours(**batch)
+    theirs_logits, theirs_loss = wrapped(**batch)
+    keep = batch["attention_mask"].bool()
+    torch.testing.assert_close(theirs_logits[keep], ours_logits[keep], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(theirs_loss, ours_loss, atol=1e-5, rtol=1e-5)
+    assert wrapped(batch["idx"])[1] is None
+    wrapped.eval()  # its own cross-entropy (without what a wrapper adds to the library's loss in training)
+    torch.testing.assert_close(wrapped(**batch)[1], ours_loss, atol=1e-5, rtol=1e-5)

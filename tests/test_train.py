@@ -305,6 +305,21 @@ def test_live_plot_is_any_object_told_of_each_evaluation_and_the_end():
         Trainer(TinyLM(), TrainConfig(max_steps=2, warmup_steps=0), lambda i: None, live_plot=True)
 
 
+def test_after_step_sees_each_update_with_its_gradients():
+    seen = []
+
+    def record(trainer):
+        grads = [p.grad for p in trainer.model.parameters() if p.requires_grad]
+        seen.append((trainer.step, all(g is not None and g.abs().sum() > 0 for g in grads)))
+
+    trainer = make_trainer(max_steps=4, eval_every=2)
+    trainer.after_step = record
+    trainer.fit()
+    assert seen == [(1, True), (2, True), (3, True), (4, True)]
+    with pytest.raises(TypeError, match="function of the trainer"):
+        Trainer(TinyLM(), TrainConfig(max_steps=2, warmup_steps=0), lambda i: None, after_step=3)
+
+
 def test_plots_draw_history_schedule_and_a_final_live_plot():
     plt.close("all")
     trainer = make_trainer(max_steps=30, eval_every=10)

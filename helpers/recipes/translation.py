@@ -201,6 +201,7 @@ def finetune(
     seed: int = 0,
     progress: bool = True,
     live_plot: bool = False,
+    after_step=None,
 ) -> Trainer:
     """Fine-tune ``model`` on translation examples with :class:`helpers.train.Trainer`; returns the trainer
     (its ``history``, ``best_step``, ``stopped_early``). The model is changed in place.
@@ -209,7 +210,8 @@ def finetune(
     (:class:`helpers.batches.ShuffledBatches`) and are padded by :func:`collate`.
     The validation loss is computed on all of ``val`` every ``eval_every`` steps (default: 10 evaluations per
     run); with ``patience``, training stops after that many evaluations without a better one and keeps the best
-    weights. ``warmup_steps`` defaults to 5 % of ``steps``. Taught in chapter 06, section 4."""
+    weights. ``warmup_steps`` defaults to 5 % of ``steps``. ``after_step`` goes to the Trainer (AdaLoRA's rank
+    reallocation, chapter 07). Taught in chapter 06, section 4."""
     if not train or not val:
         raise ValueError("finetune needs training and validation examples (prepare them with prepare_pairs).")
     pad = tokenizer.pad_id
@@ -226,7 +228,8 @@ def finetune(
         eval_every=max(1, steps // 10) if eval_every is None else eval_every,
         patience=patience,
     )
-    trainer = Trainer(model, cfg, train_batches, val_batches, progress=progress, live_plot=LiveLossPlot() if live_plot else None)
+    plot = LiveLossPlot() if live_plot else None
+    trainer = Trainer(model, cfg, train_batches, val_batches, progress=progress, live_plot=plot, after_step=after_step)
     trainer.fit()
     return trainer
 
