@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import torch
 
-from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, check
+from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, ch07, check
 from helpers.model import GPT, GPTConfig
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
@@ -42,6 +42,7 @@ def test_check_reports_three_states_and_survives_errors(capsys):
 
 CH01, CH02, CH03 = "01_tokens_and_embeddings.ipynb", "02_self_attention.ipynb", "03_gpt_model.ipynb"
 CH04, CH05, CH06 = "04_pretraining.ipynb", "05_masked_lm.ipynb", "06_translation_finetuning.ipynb"
+CH07 = "07_peft.ipynb"
 TEXT = lambda ns: "\n".join(ns["train_lines"][:300])  # noqa: E731
 
 
@@ -103,6 +104,12 @@ def _unclipped_bleu(hypotheses, references):  # counts a repeated n-gram every t
         return 0.0
     bp = 1.0 if hyp_len >= ref_len else math.exp(1 - ref_len / hyp_len)
     return 100 * bp * math.exp(sum(math.log(m / t) for m, t in zip(matches, totals)) / 4)
+
+
+def _prefix_without_permute(prefix, config, layer):  # the right shape, read in the wrong order
+    P, hd = prefix.size(0), config.n_embd // config.n_head
+    keys, values = prefix.view(P, config.n_layer, 2, config.n_embd)[:, layer].unbind(1)
+    return keys.reshape(config.n_head, P, hd), values.reshape(config.n_head, P, hd)
 
 
 def _one_query(ns, weights, output):
@@ -250,6 +257,25 @@ CASES = {
         lambda ns: ch06.corpus_bleu(_unclipped_bleu, ns["refs"]),
         lambda ns: ch06.corpus_bleu(stub, ns["refs"]),
     ),
+    "07.1 LoRA count": (
+        CH07,
+        lambda ns: ch07.lora_count(ns["lora_parameters"]),
+        lambda ns: ch07.lora_count(lambda n_in, n_out, r: r * n_in * n_out),  # a full matrix of rank r
+        lambda ns: ch07.lora_count(stub),
+    ),
+    "07.2 both zero": _prediction(CH07, ch07.both_zero, "a"),
+    "07.3 merge": (
+        CH07,
+        lambda ns: ch07.merged_weight(ns["merge"]),
+        lambda ns: ch07.merged_weight(lambda w, a, b, alpha, r: w + b @ a),  # the scaling alpha / r forgotten
+        lambda ns: ch07.merged_weight(stub),
+    ),
+    "07.4 prefix layout": (
+        CH07,
+        lambda ns: ch07.prefix_layout(ns["layer_keys_values"]),
+        lambda ns: ch07.prefix_layout(_prefix_without_permute),
+        lambda ns: ch07.prefix_layout(stub),
+    ),
 }
 
 
@@ -267,7 +293,7 @@ def test_check_passes_on_the_solution_fails_on_a_wrong_answer_and_waits_for_an_a
 
 def test_every_check_of_a_converted_chapter_is_tested():
     tested = {(exercise[:2], int(exercise[3])) for exercise in CASES}
-    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03), ("04", ch04), ("05", ch05), ("06", ch06)):
+    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03), ("04", ch04), ("05", ch05), ("06", ch06), ("07", ch07)):
         checks = [f for name, f in vars(module).items() if callable(f) and getattr(f, "__module__", "") == module.__name__]
         numbers = {int(f.__doc__.split("Exercise ")[1].split()[0]) for f in checks if not f.__name__.startswith("_")}
         assert {(chapter, n) for n in numbers} <= tested, f"chapter {chapter}: untested checks"
@@ -282,6 +308,9 @@ def test_failures_do_not_print_the_answer(capsys):
         "04.1 perplexity",
         "06.2 half empty",
         "06.3 length penalty",
+        "07.1 LoRA count",
+        "07.2 both zero",
+        "07.3 merge",
     ):
         assert CASES[exercise][2]({}) == FAILED  # these wrong answers need nothing from the solutions
     printed = capsys.readouterr().out
@@ -296,4 +325,7 @@ def test_checks_leave_the_random_state_alone():
     torch.manual_seed(123)
     ch03.leak(stub)
     ch03.left_pad(stub)
+    ch07.lora_count(lambda n_in, n_out, r: 0)
+    ch07.merged_weight(lambda w, a, b, alpha, r: w)
+    ch07.prefix_layout(_prefix_without_permute)
     assert torch.equal(torch.rand(3), expected)
