@@ -259,6 +259,10 @@ def test_prefix_tuning_generates_after_its_prefix_as_peft_does():
     assert torch.equal(ours.generate(padded, 5, temperature=0, attention_mask=mask)[0, 2:], out[0])
     with pytest.raises(ValueError, match="block_size"):
         ours.generate(tokens(1, CONFIG["block_size"] - P - 2), 5)
+    with pytest.raises(ValueError, match="longer cache"):  # GPT.generate checks a cache it is given
+        ours.model.generate(idx, 5, cache=ours.cache(2, P + idx.size(1) + 4))
+    with pytest.raises(ValueError, match="use_cache=False"):
+        ours.model.generate(idx, 5, use_cache=False, cache=ours.cache(2, P + idx.size(1) + 5))
 
 
 # ---- AdaLoRA, through peft ------------------------------------------------------------------------------------
