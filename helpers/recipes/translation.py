@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from helpers.batches import ShuffledBatches, pad
+from helpers.batches import ShuffledBatches, length_buckets, pad
 from helpers.decode import beam_search
 from helpers.env import set_seed
 from helpers.metrics import bleu, chrf
@@ -103,21 +103,6 @@ def collate(examples: list[TranslationExample], pad_id: int) -> dict[str, torch.
     shifted = [[IGNORE_INDEX] * (e.target_start - 1) + list(e.ids[e.target_start :]) for e in examples]
     targets, _ = pad(shifted, IGNORE_INDEX)
     return {"idx": idx, "targets": targets, "attention_mask": mask}
-
-
-def length_buckets(examples: list[TranslationExample], batch_size: int, seed: int = 0, window: int = 50) -> list[list]:
-    """Split ``examples`` into batches of similar length: shuffle (seeded), sort each run of ``window`` batches'
-    worth of examples by length, cut it into batches. A right-padded batch costs its longest example times its
-    size, so grouping lengths saves the compute spent on padding while the batches stay varied.
-    Named in chapter 06, section 4; :func:`finetune` batches with it."""
-    if not 1 <= batch_size <= len(examples):
-        raise ValueError(f"batch_size must be between 1 and the number of examples ({len(examples)}), got {batch_size}.")
-    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(seed)).tolist()
-    batches = []
-    for start in range(0, len(order) - batch_size + 1, window * batch_size):
-        run = sorted(order[start : start + window * batch_size], key=lambda i: len(examples[i].ids))
-        batches += [[examples[i] for i in run[j : j + batch_size]] for j in range(0, len(run) - batch_size + 1, batch_size)]
-    return batches
 
 
 def default_max_new_tokens(n_source_tokens: int) -> int:
