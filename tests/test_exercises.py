@@ -1,14 +1,16 @@
 """Every exercise check passes on its solution (run from notebooks/solutions/), fails on a plausible wrong answer,
 says "not attempted" to the untouched stub, and never prints the expected answer."""
 
+import math
 from functools import cache
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 import torch
 
-from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, ch07, check
+from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, check
 from helpers.model import GPT, GPTConfig
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
@@ -42,7 +44,7 @@ def test_check_reports_three_states_and_survives_errors(capsys):
 
 CH01, CH02, CH03 = "01_tokens_and_embeddings.ipynb", "02_self_attention.ipynb", "03_gpt_model.ipynb"
 CH04, CH05, CH06 = "04_pretraining.ipynb", "05_masked_lm.ipynb", "06_translation_finetuning.ipynb"
-CH07 = "07_peft.ipynb"
+CH07, CH08 = "07_peft.ipynb", "08_classification_and_recommendation.ipynb"
 TEXT = lambda ns: "\n".join(ns["train_lines"][:300])  # noqa: E731
 
 
@@ -276,6 +278,25 @@ CASES = {
         lambda ns: ch07.prefix_layout(_prefix_without_permute),
         lambda ns: ch07.prefix_layout(stub),
     ),
+    "08.1 majority F1": _prediction(CH08, ch08.majority_f1, "a"),
+    "08.2 calibration error": (
+        CH08,
+        lambda ns: ch08.calibration_error(ns["expected_calibration_error"]),
+        lambda ns: ch08.calibration_error(lambda y, p, n_bins: float(np.mean(np.abs(np.asarray(y) - p)))),  # no bins
+        lambda ns: ch08.calibration_error(stub),
+    ),
+    "08.3 periods to alarm": (
+        CH08,
+        lambda ns: ch08.periods_to_alarm(ns["periods"]),
+        lambda ns: ch08.periods_to_alarm(lambda d, k, h: math.ceil(h / (d - k))),  # S = h taken for an alarm
+        lambda ns: ch08.periods_to_alarm(stub),
+    ),
+    "08.4 graded NDCG": (
+        CH08,
+        lambda ns: ch08.graded_ndcg(ns["ndcg_graded"]),
+        lambda ns: ch08.graded_ndcg(lambda g, s, k: ns["ndcg_graded"]((np.asarray(g) > 0).astype(float), s, k)),  # binary
+        lambda ns: ch08.graded_ndcg(stub),
+    ),
 }
 
 
@@ -293,7 +314,8 @@ def test_check_passes_on_the_solution_fails_on_a_wrong_answer_and_waits_for_an_a
 
 def test_every_check_of_a_converted_chapter_is_tested():
     tested = {(exercise[:2], int(exercise[3])) for exercise in CASES}
-    for chapter, module in (("01", ch01), ("02", ch02), ("03", ch03), ("04", ch04), ("05", ch05), ("06", ch06), ("07", ch07)):
+    modules = (ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08)
+    for chapter, module in ((m.__name__[-2:], m) for m in modules):
         checks = [f for name, f in vars(module).items() if callable(f) and getattr(f, "__module__", "") == module.__name__]
         numbers = {int(f.__doc__.split("Exercise ")[1].split()[0]) for f in checks if not f.__name__.startswith("_")}
         assert {(chapter, n) for n in numbers} <= tested, f"chapter {chapter}: untested checks"
@@ -311,6 +333,9 @@ def test_failures_do_not_print_the_answer(capsys):
         "07.1 LoRA count",
         "07.2 both zero",
         "07.3 merge",
+        "08.1 majority F1",
+        "08.2 calibration error",
+        "08.3 periods to alarm",
     ):
         assert CASES[exercise][2]({}) == FAILED  # these wrong answers need nothing from the solutions
     printed = capsys.readouterr().out
