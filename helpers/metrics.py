@@ -8,6 +8,9 @@ cross-entropy.
 - :func:`compare_systems` -> :class:`Comparison`: is system B really better than system A on this test set?
   Paired bootstrap resampling gives both scores with their intervals, the difference and its p-value.
 - :func:`perplexity`: exp of a mean cross-entropy.
+- :func:`classification_scores`, :func:`compare_classifiers`: accuracy, macro-F1 and ROC-AUC by scikit-learn with
+  SciPy's bootstrap intervals, and two classifiers compared on the same test set (chapter 08);
+  :func:`mean_with_interval`: any per-case mean (a recommender's per-user NDCG) with its interval.
 
 Chapter 06 scores its translations with these from section 3 on; chapter 04, section 5 computes perplexities.
 
@@ -302,6 +305,22 @@ def _with_intervals(data: tuple, statistic, n_resamples: int, seed: int, confide
     )
     low, high = res.confidence_interval
     return {m: Estimate(float(value[i]), float(low[i]), float(high[i]), confidence) for i, m in enumerate(CLASSIFICATION_METRICS)}
+
+
+def mean_with_interval(values, n_resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> Estimate:
+    """The mean of ``values`` (one number per test case, e.g. per user) with SciPy's percentile bootstrap interval.
+    For two systems scored on the same cases, pass the differences case by case: a paired interval of the difference.
+    Taught in chapter 08, section 8."""
+    from scipy.stats import bootstrap
+
+    x = np.asarray(values, dtype=float)
+    if x.ndim != 1 or len(x) < 2 or not np.isfinite(x).all():
+        raise ValueError("values must be a 1-D array of at least 2 finite numbers, one per test case.")
+    _check_n_bootstrap(n_resamples)
+    res = bootstrap(
+        (x,), np.mean, n_resamples=n_resamples, confidence_level=confidence, method="percentile", rng=np.random.default_rng(seed)
+    )
+    return Estimate(float(x.mean()), float(res.confidence_interval.low), float(res.confidence_interval.high), confidence)
 
 
 def classification_scores(

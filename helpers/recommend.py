@@ -357,12 +357,20 @@ def _hits(ranked, relevant: list[np.ndarray], k: int) -> tuple[np.ndarray, np.nd
     return hits, np.array([len(np.unique(relevant[u])) for u in users])
 
 
+def _user_recall(hits: np.ndarray, n_relevant: np.ndarray) -> np.ndarray:
+    return hits.sum(axis=1) / n_relevant
+
+
+def _user_ndcg(hits: np.ndarray, n_relevant: np.ndarray, k: int) -> np.ndarray:
+    discount = 1 / np.log2(np.arange(2, k + 2))
+    return hits @ discount / np.cumsum(discount)[np.minimum(n_relevant, k) - 1]
+
+
 def recall_at_k(ranked, relevant: list[np.ndarray], k: int = 10) -> float:
     """Recall@k: the share of a user's relevant items found in their top ``k`` (``ranked``, as :func:`top_k` gives),
     ``|top k ∩ relevant| / |relevant|``, averaged over the users with at least one relevant item. A user with more
     than ``k`` relevant items cannot reach 1. Taught in chapter 08, section 8."""
-    hits, n_relevant = _hits(ranked, relevant, k)
-    return float(np.mean(hits.sum(axis=1) / n_relevant))
+    return float(np.mean(_user_recall(*_hits(ranked, relevant, k))))
 
 
 def ndcg_at_k(ranked, relevant: list[np.ndarray], k: int = 10) -> float:
@@ -370,23 +378,26 @@ def ndcg_at_k(ranked, relevant: list[np.ndarray], k: int = 10) -> float:
     (1-based) gains ``1 / log2(r + 1)``, divided by the best possible, all of the first ``min(k, |relevant|)`` ranks
     hits. Unlike recall it rewards finding the relevant items early in the list (as scikit-learn's ``ndcg_score``).
     Taught in chapter 08, section 8."""
-    hits, n_relevant = _hits(ranked, relevant, k)
-    discount = 1 / np.log2(np.arange(2, k + 2))
-    return float(np.mean(hits @ discount / np.cumsum(discount)[np.minimum(n_relevant, k) - 1]))
+    return float(np.mean(_user_ndcg(*_hits(ranked, relevant, k), k)))
 
 
-def evaluate(scores, inter: Interactions, k: int = 10, cold_only: bool = False) -> dict:
-    """``{"recall", "ndcg", "n_users"}`` at ``k`` of ``scores`` (as :func:`top_k` takes them) on the test ratings:
-    every test movie of a user is relevant and every movie they did not rate in train is a candidate; with
-    ``cold_only=True`` only the cold-start movies are candidates and relevant. Users without a relevant movie are left
-    out (``n_users`` counts the rest). Taught in chapter 08, section 8."""
+def user_metrics(scores, inter: Interactions, k: int = 10, cold_only: bool = False) -> dict[str, np.ndarray]:
+    """``{"recall", "ndcg"}``: Recall@k and NDCG@k of ``scores`` (as :func:`top_k` takes them) for each user with a
+    relevant movie, in user order. Every test movie of a user is relevant and every movie they did not rate in train
+    is a candidate; with ``cold_only=True`` only the cold-start movies are candidates and relevant. The means are
+    :func:`evaluate`'s; two recommenders' arrays are aligned user by user, for paired intervals
+    (:func:`helpers.metrics.mean_with_interval` of their difference). Taught in chapter 08, section 8."""
     if cold_only:
         relevant = [np.intersect1d(items, inter.cold_items) for items in inter.test_items]
         ranked = top_k(scores, inter, k, candidates=inter.cold_items)
     else:
         relevant, ranked = inter.test_items, top_k(scores, inter, k)
-    return {
-        "recall": recall_at_k(ranked, relevant, k),
-        "ndcg": ndcg_at_k(ranked, relevant, k),
-        "n_users": sum(1 for rel in relevant if len(rel)),
-    }
+    hits, n_relevant = _hits(ranked, relevant, k)
+    return {"recall": _user_recall(hits, n_relevant), "ndcg": _user_ndcg(hits, n_relevant, k)}
+
+
+def evaluate(scores, inter: Interactions, k: int = 10, cold_only: bool = False) -> dict:
+    """``{"recall", "ndcg", "n_users"}``: the means of :func:`user_metrics` over the users with a relevant movie
+    (``n_users`` of them). Taught in chapter 08, section 8."""
+    per_user = user_metrics(scores, inter, k, cold_only)
+    return {"recall": float(per_user["recall"].mean()), "ndcg": float(per_user["ndcg"].mean()), "n_users": len(per_user["ndcg"])}

@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 
 from helpers import metrics
-from helpers.metrics import classification_scores, compare_classifiers
+from helpers.metrics import classification_scores, compare_classifiers, mean_with_interval
 
 HYP = ["Au commencement, Dieu créa le ciel et la terre.", "La terre était vide.", "Dieu dit: lumière!"]
 REF = ["Au commencement, Dieu créa les cieux et la terre.", "La terre était informe et vide.", "Dieu dit: Que la lumière soit!"]
@@ -210,3 +210,14 @@ def test_classification_scores_reject_what_they_cannot_score():
         classification_scores(y + 1, p)
     with pytest.raises(ValueError, match=r"probs\[:, 1\]"):
         classification_scores(y, np.stack([1 - p, p], axis=1))
+
+
+def test_mean_with_interval_brackets_the_mean_and_is_zero_for_a_system_against_itself():
+    x = np.random.default_rng(2).random(300)
+    est = mean_with_interval(x, n_resamples=500)
+    assert est.value == pytest.approx(x.mean()) and est.low < est.value < est.high
+    assert abs((est.high - est.low) - 2 * 1.96 * x.std() / np.sqrt(len(x))) < 0.01  # the normal approximation's width
+    same = mean_with_interval(x - x, n_resamples=100)
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0)
+    with pytest.raises(ValueError, match="at least 2 finite numbers"):
+        mean_with_interval([1.0])

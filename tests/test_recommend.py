@@ -104,6 +104,17 @@ def test_recall_at_k_by_hand_skips_users_without_relevant_items():
         rec.recall_at_k(ranked, [np.array([], dtype=int)] * 3, k=2)
 
 
+def test_user_metrics_are_per_user_and_average_to_evaluate():
+    _, _, inter = small()
+    scores = np.arange(6, dtype=np.float32)[::-1].copy()  # item 0 best
+    per_user = rec.user_metrics(scores, inter, k=2)
+    # user 0 (held out: item 3) gets [3, 4]: a hit at rank 1; user 1 (held out: 5) gets [0, 2]: none; user 2 has no test.
+    assert per_user["recall"].tolist() == [1.0, 0.0] and per_user["ndcg"].tolist() == [1.0, 0.0]
+    assert rec.evaluate(scores, inter, k=2) == {"recall": 0.5, "ndcg": 0.5, "n_users": 2}
+    cold = rec.user_metrics(scores, inter, k=2, cold_only=True)
+    assert cold["recall"].tolist() == [1.0, 1.0]  # both held-out items are cold, and only two cold items exist
+
+
 def test_text_profiles_are_rating_weighted_means_of_liked_items_of_unit_length():
     _, _, inter = small()
     emb = unit_rows(6, 8)
