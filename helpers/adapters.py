@@ -21,6 +21,7 @@ which reallocates ranks during training, is used through ``peft`` itself (:func:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 from collections.abc import Iterable
@@ -166,6 +167,29 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
     Chapter 07.
     """
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+@contextlib.contextmanager
+def lora_disabled(model: nn.Module):
+    """Inside the ``with`` block every :class:`LoRALinear` of ``model`` computes its base layer only, so the model
+    is the base model again without a copy; the updates come back afterwards. Refuses merged layers (their update
+    is inside the base weight).
+
+    Taught in chapter 09, section 6.
+    """
+    layers = list(lora_layers(model).values())
+    if not layers:
+        raise ValueError("The model has no LoRA layers to disable (add_lora adds them).")
+    if any(layer.merged for layer in layers):
+        raise ValueError("Some LoRA layers are merged into their base weights: unmerge_lora(model) before disabling them.")
+    scalings = [layer.scaling for layer in layers]
+    for layer in layers:
+        layer.scaling = 0.0
+    try:
+        yield model
+    finally:
+        for layer, scaling in zip(layers, scalings):
+            layer.scaling = scaling
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

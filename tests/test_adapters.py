@@ -18,6 +18,7 @@ from helpers.adapters import (
     add_lora,
     count_parameters,
     load_adapter,
+    lora_disabled,
     lora_layers,
     merge_lora,
     remove_lora,
@@ -54,6 +55,26 @@ def trainable_names(model):
 
 
 # ---- LoRA ---------------------------------------------------------------------------------------------------
+
+
+def test_lora_disabled_gives_the_base_model_back_for_the_block():
+    base = base_model()
+    tuned = copy.deepcopy(base)
+    add_lora(tuned)
+    randomise_lora(tuned)
+    x = tokens()
+    with torch.no_grad():
+        with_lora = tuned(x)[0]
+        with lora_disabled(tuned):
+            assert torch.equal(tuned(x)[0], base(x)[0])
+        assert torch.equal(tuned(x)[0], with_lora) and not torch.equal(with_lora, base(x)[0])
+    merge_lora(tuned)
+    with pytest.raises(ValueError, match="unmerge"):
+        with lora_disabled(tuned):
+            pass
+    with pytest.raises(ValueError, match="no LoRA"):
+        with lora_disabled(base):
+            pass
 
 
 def test_lora_starts_as_the_base_model_and_trains_only_its_matrices():
