@@ -293,6 +293,7 @@ def generate(
     check_fits(model, len(prefix) + max(len(p) for p in prompts), max_new_tokens)
     cache = prefix_cache(model, prefix) if len(prefix) else None
     stops = torch.tensor(list(stop_ids), device=model.device)
+    stop_set = set(stop_ids)
     generator = torch.Generator(device=model.device).manual_seed(seed)
     results: list[list[int]] = [[] for _ in prompts]
     order = _order(prompts)
@@ -320,7 +321,7 @@ def generate(
                 full_mask = torch.cat([full_mask, full_mask.new_ones(len(rows), 1)], dim=1)
             tokens = torch.stack(new, dim=1).tolist()
             for row, seq in zip(rows, tokens):
-                ends = [k for k, t in enumerate(seq) if t in set(stops.tolist())]
+                ends = [k for k, t in enumerate(seq) if t in stop_set]
                 results[row] = seq[: ends[0]] if ends else seq
     return results
 

@@ -22,30 +22,13 @@ CHAT = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    return llm.load_smollm2_tokenizer()
-
-
-def tiny_model(tokenizer, positions: int = 256):
-    torch.manual_seed(0)
-    config = transformers.LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=positions,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return transformers.LlamaForCausalLM(config).eval()
+def tokenizer(smollm2_tokenizer):
+    return smollm2_tokenizer
 
 
 @pytest.fixture(scope="module")
-def model(tokenizer):
-    return tiny_model(tokenizer)
+def model(tokenizer, tiny_llama):
+    return tiny_llama()
 
 
 def test_chat_ids_render_the_template(tokenizer):
@@ -116,8 +99,8 @@ def test_stream_yields_the_greedy_answer_piece_by_piece(tokenizer, model):
     assert "".join(pieces) == tokenizer.decode(greedy, skip_special_tokens=True)
 
 
-def test_a_prompt_longer_than_the_context_is_refused(tokenizer):
-    short = tiny_model(tokenizer, positions=16)
+def test_a_prompt_longer_than_the_context_is_refused(tokenizer, tiny_llama):
+    short = tiny_llama(16)
     prompt = llm.chat_ids(tokenizer, CHAT[:2])
     for call in (
         lambda: llm.generate(short, [prompt], 4, [tokenizer.eos_token_id]),
@@ -147,10 +130,10 @@ def test_the_assistant_only_mask(tokenizer):
     assert batch["attention_mask"][1].sum() == len(other.ids) - 1
 
 
-def test_the_sft_loss_equals_trl(tokenizer, tmp_path):
+def test_the_sft_loss_equals_trl(tokenizer, tiny_llama, tmp_path):
     datasets = pytest.importorskip("datasets")
     trl = pytest.importorskip("trl")
-    model = tiny_model(tokenizer)
+    model = tiny_llama()
     chats = [
         CHAT,
         [{"role": "user", "content": "Can I return a lamp?"}, {"role": "assistant", "content": "Yes, within 30 days."}],
@@ -172,14 +155,14 @@ def test_the_sft_loss_equals_trl(tokenizer, tmp_path):
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
 
 
-def test_a_corrupt_cache_is_rebuilt(tokenizer, monkeypatch, tmp_path, capsys):
+def test_a_corrupt_cache_is_rebuilt(tokenizer, tiny_llama, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
     monkeypatch.setattr(llm, "load_smollm2_tokenizer", lambda: tokenizer)
     conversions = []
 
     def convert(*args, **kwargs):  # stands in for the 30-s dequantisation
         conversions.append(1)
-        return tiny_model(tokenizer)
+        return tiny_llama()
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", convert)
     first, _ = llm.load_smollm2("cpu")

@@ -2,43 +2,22 @@
 with the retrieved passages) and keeps its history straight, on a tiny random model with SmolLM2's tokenizer."""
 
 import pytest
-import torch
 
-from helpers.llm import load_smollm2_tokenizer
 from helpers.widgets import ChatWidget
 
 PASSAGES = ["Refunds take 5 to 10 working days.", "Returns are free within 30 days."]
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    tok = load_smollm2_tokenizer()
+def tokenizer(smollm2_tokenizer):
+    tok = smollm2_tokenizer
     assert tok.convert_ids_to_tokens(tok.eos_token_id) == "<|im_end|>"  # stream stops at the end of the turn
     return tok
 
 
-def _tiny_model(tokenizer, positions=256):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=positions,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return LlamaForCausalLM(config).eval()
-
-
 @pytest.fixture(scope="module")
-def model(tokenizer, one_thread):
-    return _tiny_model(tokenizer)
+def model(tiny_llama, one_thread):
+    return tiny_llama()
 
 
 def _chat(model, tokenizer, **kwargs):
@@ -107,8 +86,8 @@ def test_no_retrieval_no_checkbox(model, tokenizer):
     assert _chat(model, tokenizer).use_retrieval is None
 
 
-def test_a_chat_too_long_for_the_context_shows_why_and_changes_nothing(tokenizer, one_thread):
-    chat = _chat(_tiny_model(tokenizer, positions=64), tokenizer)
+def test_a_chat_too_long_for_the_context_shows_why_and_changes_nothing(tokenizer, tiny_llama, one_thread):
+    chat = _chat(tiny_llama(64), tokenizer)
     chat.send("Hi")
     before = chat.history
     assert chat.send("word " * 100) == ""
