@@ -309,8 +309,9 @@ def generate(
             done = torch.zeros(len(rows), dtype=torch.bool, device=model.device)
             new = []
             for _ in range(max_new_tokens):
-                out, past = _forward(model, past, input_ids=idx, attention_mask=full_mask, position_ids=positions)
-                token = sample_next(out.logits[:, -1].float(), temperature=temperature, top_p=top_p, generator=generator)
+                out, past = _forward(model.model, past, input_ids=idx, attention_mask=full_mask, position_ids=positions)
+                logits = model.lm_head(out.last_hidden_state[:, -1]).float()  # the head where it is read, not on the prompt
+                token = sample_next(logits, temperature=temperature, top_p=top_p, generator=generator)
                 token = token.masked_fill(done, int(stops[0]) if len(stops) else 0)  # finished rows repeat a stop
                 new.append(token)
                 done |= torch.isin(token, stops)
@@ -346,8 +347,9 @@ def stream(
     past, tokens, shown = None, [], ""
     with eval_mode(model):
         for _ in range(max_new_tokens):
-            out, past = _forward(model, past, input_ids=idx)
-            token = int(sample_next(out.logits[:, -1].float(), temperature=temperature, top_p=top_p, generator=generator))
+            out, past = _forward(model.model, past, input_ids=idx)
+            logits = model.lm_head(out.last_hidden_state[:, -1]).float()
+            token = int(sample_next(logits, temperature=temperature, top_p=top_p, generator=generator))
             if token == tokenizer.eos_token_id:
                 break
             tokens.append(token)
