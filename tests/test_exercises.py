@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, check
+from helpers.exercises import FAILED, NOT_ATTEMPTED, PASSED, ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09, check
 from helpers.model import GPT, GPTConfig
 
 SOLUTIONS = Path(__file__).resolve().parent.parent / "notebooks" / "solutions"
@@ -45,6 +45,7 @@ def test_check_reports_three_states_and_survives_errors(capsys):
 CH01, CH02, CH03 = "01_tokens_and_embeddings.ipynb", "02_self_attention.ipynb", "03_gpt_model.ipynb"
 CH04, CH05, CH06 = "04_pretraining.ipynb", "05_masked_lm.ipynb", "06_translation_finetuning.ipynb"
 CH07, CH08 = "07_peft.ipynb", "08_classification_and_recommendation.ipynb"
+CH09 = "09_prompting_and_chat.ipynb"
 TEXT = lambda ns: "\n".join(ns["train_lines"][:300])  # noqa: E731
 
 
@@ -112,6 +113,23 @@ def _prefix_without_permute(prefix, config, layer):  # the right shape, read in 
     P, hd = prefix.size(0), config.n_embd // config.n_head
     keys, values = prefix.view(P, config.n_layer, 2, config.n_embd)[:, layer].unbind(1)
     return keys.reshape(config.n_head, P, hd), values.reshape(config.n_head, P, hd)
+
+
+def _naive_calibrate(logprobs, content_free):  # softmax by np.exp without subtracting the maximum: 0 / 0 near -1000
+    p, free = np.exp(logprobs), np.exp(content_free)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.argmax(np.log(p / p.sum(1, keepdims=True)) - np.log(free / free.sum()), axis=1)
+
+
+def _calibrated_probabilities(logprobs, content_free):  # the right scores, but not reduced to label indices
+    scores = logprobs - content_free
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
+
+
+def _chatml_without_default_system(messages, add_generation_prompt=True):  # ChatML, but no default system turn
+    text = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    return text + ("<|im_start|>assistant\n" if add_generation_prompt else "")
 
 
 def _one_query(ns, weights, output):
@@ -297,6 +315,34 @@ CASES = {
         lambda ns: ch08.graded_ndcg(lambda g, s, k: ns["ndcg_graded"]((np.asarray(g) > 0).astype(float), s, k)),  # binary
         lambda ns: ch08.graded_ndcg(stub),
     ),
+    "09.1 calibration": (
+        CH09,
+        lambda ns: ch09.calibration(ns["calibrate"]),
+        lambda ns: ch09.calibration(lambda logprobs, content_free: np.argmax(logprobs, axis=1)),  # not calibrated
+        lambda ns: ch09.calibration(stub),
+    ),
+    "09.2 recall@k": (
+        CH09,
+        lambda ns: ch09.recall_at_k(ns["recall_at_k_mine"]),
+        lambda ns: ch09.recall_at_k(lambda ranked, gold, k: sum(g in r[: k + 1] for r, g in zip(ranked, gold)) / len(gold)),
+        lambda ns: ch09.recall_at_k(stub),
+    ),
+    "09.3 chat template": (
+        CH09,
+        lambda ns: ch09.chat_template(ns["render_chat"], ns["tok"]),
+        lambda ns: ch09.chat_template(_chatml_without_default_system, ns["tok"]),
+        lambda ns: ch09.chat_template(stub, ns["tok"]),
+    ),
+    "09.4 tiny top-p": _prediction(CH09, ch09.tiny_top_p, "a"),
+}
+
+#: chapter 09: more wrong answers that must fail -> the check on one, given the solutions' namespace
+MORE_WRONG_09 = {
+    "09.1 naive exp": lambda ns: ch09.calibration(_naive_calibrate),
+    "09.1 probabilities": lambda ns: ch09.calibration(_calibrated_probabilities),
+    "09.2 count": lambda ns: ch09.recall_at_k(lambda ranked, gold, k: sum(g in r[:k] for r, g in zip(ranked, gold))),
+    "09.3 no generation prompt": lambda ns: ch09.chat_template(lambda m, g=True: ns["render_chat"](m, False), ns["tok"]),
+    "09.3 no last line break": lambda ns: ch09.chat_template(lambda m, g=True: ns["render_chat"](m, g)[:-1], ns["tok"]),
 }
 
 
@@ -312,9 +358,17 @@ def test_check_passes_on_the_solution_fails_on_a_wrong_answer_and_waits_for_an_a
     assert printed.count("✓") == 1 and printed.count("✗") == 1 and "not attempted" in printed
 
 
+@pytest.mark.parametrize("wrong", sorted(MORE_WRONG_09))
+def test_chapter_09_checks_fail_on_more_wrong_answers(wrong, capsys):
+    ns = solved(CH09)
+    capsys.readouterr()
+    assert MORE_WRONG_09[wrong](ns) == FAILED
+    assert "✗" in capsys.readouterr().out
+
+
 def test_every_check_of_a_converted_chapter_is_tested():
     tested = {(exercise[:2], int(exercise[3])) for exercise in CASES}
-    modules = (ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08)
+    modules = (ch01, ch02, ch03, ch04, ch05, ch06, ch07, ch08, ch09)
     for chapter, module in ((m.__name__[-2:], m) for m in modules):
         checks = [f for name, f in vars(module).items() if callable(f) and getattr(f, "__module__", "") == module.__name__]
         numbers = {int(f.__doc__.split("Exercise ")[1].split()[0]) for f in checks if not f.__name__.startswith("_")}
@@ -336,6 +390,9 @@ def test_failures_do_not_print_the_answer(capsys):
         "08.1 majority F1",
         "08.2 calibration error",
         "08.3 periods to alarm",
+        "09.4 tiny top-p",
+        "09.1 calibration",
+        "09.2 recall@k",
     ):
         assert CASES[exercise][2]({}) == FAILED  # these wrong answers need nothing from the solutions
     printed = capsys.readouterr().out
@@ -353,4 +410,11 @@ def test_checks_leave_the_random_state_alone():
     ch07.lora_count(lambda n_in, n_out, r: 0)
     ch07.merged_weight(lambda w, a, b, alpha, r: w)
     ch07.prefix_layout(_prefix_without_permute)
+    np.random.seed(123)
+    expected_np = np.random.rand(3)
+    np.random.seed(123)
+    ch09.calibration(stub)
+    ch09.calibration(_naive_calibrate)
+    ch09.recall_at_k(stub)
     assert torch.equal(torch.rand(3), expected)
+    assert np.array_equal(np.random.rand(3), expected_np)
